@@ -1,0 +1,5 @@
+import sys
+
+from taptr.cli import main
+
+sys.exit(main())

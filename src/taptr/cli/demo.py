@@ -1,0 +1,12 @@
+"""`taptr demo` (not implemented yet)."""
+
+from taptr.errors import TaptrError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="(not implemented yet)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise TaptrError("'taptr demo' is not implemented yet")

@@ -1,0 +1,148 @@
+"""Model configuration: one dataclass and a registry of named presets.
+
+A `ModelConfig` fully describes a network; `to_dict`/`from_dict` round-trip it through the
+metadata of our safetensors files, so a weights file alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from taptr.errors import TaptrError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+DECODER_MODULES = ("ca", "tsa", "sa", "ffn")
+
+
+@dataclass
+class ModelConfig:
+    """Every hyper-parameter of a TAPTRv2 network.
+
+    Field defaults are the paper model (`config/TAPTRv2.py` of the official code).
+    """
+
+    name: str = "taptrv2"
+    backbone: str = "resnet50"
+    # Backbone stages fed to the transformer (0..3 = strides 4, 8, 16, 32).
+    backbone_stages: tuple[int, ...] = (0, 1, 2, 3)
+    hidden_dim: int = 256
+    num_heads: int = 8
+    # Levels seen by the transformer; levels beyond the backbone stages are built by stride-2
+    # 3x3 convolutions on the last stage (the official "extra level").
+    num_levels: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 5
+    encoder_points: int = 4
+    decoder_points: int = 4
+    ffn_dim: int = 2048
+    # Temperature of the feature-map sine encoding (encoder) and of the point encoding (decoder).
+    map_pe_temperature: float = 10.0
+    point_pe_temperature: float = 10.0
+    decoder_module_order: tuple[str, ...] = ("ca", "tsa", "sa", "ffn")
+    num_vis_logits: int = 3
+    # Network input (height, width). Videos are resized to this before the backbone.
+    input_size: tuple[int, int] = (512, 512)
+    window_size: int = 8
+    window_stride: int = 4
+    # Reproduce the official code's quirks (section 9 of the spec): the H/W swaps in query
+    # initialisation and in the APU, and the eval-only long-video content padding. Needed only to
+    # match official outputs bit for bit; for square inputs and T <= 24 it changes nothing.
+    official_compat: bool = False
+
+    def __post_init__(self) -> None:
+        self.backbone_stages = tuple(int(s) for s in self.backbone_stages)
+        self.decoder_module_order = tuple(self.decoder_module_order)
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        if self.backbone not in BACKBONES:
+            raise TaptrError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
+        if self.hidden_dim % self.num_heads:
+            raise TaptrError("hidden_dim must be divisible by num_heads")
+        if self.num_levels < len(self.backbone_stages):
+            raise TaptrError("num_levels must be at least the number of backbone stages")
+        if sorted(self.decoder_module_order) != sorted(DECODER_MODULES):
+            raise TaptrError(f"decoder_module_order must be a permutation of {DECODER_MODULES}")
+        if self.window_stride < 1 or self.window_size < self.window_stride:
+            raise TaptrError("need 1 <= window_stride <= window_size")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.num_heads
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise TaptrError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _paper() -> ModelConfig:
+    return ModelConfig()
+
+
+def _small() -> ModelConfig:
+    """Our CPU preset.
+
+    MobileNetV2 backbone (3.5 M parameters instead of ResNet-50's 23.5 M; its 4 stages at
+    strides 4-32 have 24/32/96/320 channels), 128 channels, 4 heads, 3 levels (strides 8, 16,
+    32: the stride-4 level would triple the encoder tokens), 1 encoder and 3 decoder layers and a
+    384x384 input. See `docs/presets.md` for the measured cost of each choice.
+    """
+    return ModelConfig(
+        name="small",
+        backbone="mobilenet_v2",
+        backbone_stages=(1, 2, 3),
+        hidden_dim=128,
+        num_heads=4,
+        num_levels=3,
+        encoder_layers=1,
+        decoder_layers=3,
+        encoder_points=4,
+        decoder_points=4,
+        ffn_dim=512,
+        input_size=(384, 384),
+    )
+
+
+def _tiny() -> ModelConfig:
+    """A minute model for unit tests: random weights, runs in milliseconds."""
+    return ModelConfig(
+        name="tiny",
+        backbone="resnet18",
+        backbone_stages=(1, 2, 3),
+        hidden_dim=32,
+        num_heads=4,
+        num_levels=3,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_points=2,
+        decoder_points=2,
+        ffn_dim=64,
+        input_size=(64, 96),
+    )
+
+
+PRESETS = {"taptrv2": _paper, "small": _small, "tiny": _tiny}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """Return a fresh copy of the named preset."""
+    if name not in PRESETS:
+        raise TaptrError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
