@@ -1,0 +1,82 @@
+"""Every coordinate conversion of the project, in one place.
+
+Conventions (docs/conventions: pixel centres at integers):
+- pixel: (x, y) in the original video, centre of the top-left pixel at (0, 0).
+- input pixel: the same point in the resized network input of size (W_in, H_in), mapped with
+  half-pixel centres: x_in = (x + 0.5) * W_in / W - 0.5 (what `F.interpolate(...,
+  align_corners=False)` and every standard image resize do).
+- model: normalised the official (align-corners) way, u = x_in / (W_in - 1).
+- tapvid: TAP-Vid pickles, u = (x + 0.5) / W, (0, 0) the top-left corner of the image.
+- metric: pixels of a 256x256 frame with corner origin, x256 = (x + 0.5) * 256 / W.
+
+All functions take and return arrays/tensors `[..., 2]` holding (x, y) and work with both
+NumPy and PyTorch.
+"""
+
+from __future__ import annotations
+
+
+def _size_vector(like, width: float, height: float):
+    """(width, height) as an array/tensor matching `like`'s library, dtype and device."""
+    try:
+        import torch
+
+        if isinstance(like, torch.Tensor):
+            return torch.tensor([width, height], dtype=like.dtype, device=like.device)
+    except ImportError:  # pragma: no cover
+        pass
+    import numpy as np
+
+    return np.asarray([width, height], dtype=getattr(like, "dtype", np.float64))
+
+
+def pixel_to_input(points, video_size, input_size):
+    """Original-video pixels -> network-input pixels.
+
+    points: [..., 2] (x, y). video_size: (W, H). input_size: (W_in, H_in).
+    """
+    scale = _size_vector(points, input_size[0] / video_size[0], input_size[1] / video_size[1])
+    return (points + 0.5) * scale - 0.5
+
+
+def input_to_pixel(points, video_size, input_size):
+    """Network-input pixels -> original-video pixels (inverse of `pixel_to_input`)."""
+    scale = _size_vector(points, video_size[0] / input_size[0], video_size[1] / input_size[1])
+    return (points + 0.5) * scale - 0.5
+
+
+def input_to_model(points, input_size):
+    """Network-input pixels -> model coordinates u = x_in / (W_in - 1)."""
+    return points / _size_vector(points, max(input_size[0] - 1, 1), max(input_size[1] - 1, 1))
+
+
+def model_to_input(points, input_size):
+    """Model coordinates -> network-input pixels."""
+    return points * _size_vector(points, max(input_size[0] - 1, 1), max(input_size[1] - 1, 1))
+
+
+def pixel_to_model(points, video_size, input_size):
+    """Original-video pixels -> model coordinates. Sizes are (W, H)."""
+    return input_to_model(pixel_to_input(points, video_size, input_size), input_size)
+
+
+def model_to_pixel(points, video_size, input_size):
+    """Model coordinates -> original-video pixels. Sizes are (W, H)."""
+    return input_to_pixel(model_to_input(points, input_size), video_size, input_size)
+
+
+def tapvid_to_pixel(points, video_size):
+    """TAP-Vid normalised (corner origin) -> pixels with centres at integers."""
+    return points * _size_vector(points, video_size[0], video_size[1]) - 0.5
+
+
+def pixel_to_tapvid(points, video_size):
+    """Pixels with centres at integers -> TAP-Vid normalised (corner origin)."""
+    return (points + 0.5) / _size_vector(points, video_size[0], video_size[1])
+
+
+def pixel_to_metric(points, video_size, metric_size: float = 256.0):
+    """Pixels -> the 256x256 metric frame of TAP-Vid (corner origin), as tapnet scores."""
+    return (points + 0.5) * _size_vector(
+        points, metric_size / video_size[0], metric_size / video_size[1]
+    )
