@@ -1,0 +1,245 @@
+"""Multi-scale deformable attention in pure PyTorch, on one `grid_sample` call per chunk.
+
+All levels of a feature pyramid are packed side by side into one zero-bordered canvas, so a
+single bilinear `grid_sample` serves every frame, head, level and point at once. Sampling
+follows the official convention: a location (u, v) of level l is read at pixel
+(u * W_l - 0.5, v * H_l - 0.5) with zero padding (`grid_sample(align_corners=False)` on
+grid = 2 * loc - 1). Locations more than one pixel outside a level are clamped onto its zero
+border, which gives exactly the zero-padding result.
+
+Two modules use it: `DeformableAttention` (Deformable-DETR; the encoder) and
+`KeyAwareDeformableAttention` (TAPTRv2's decoder cross-attention, which also returns the raw
+attention logits and offsets for the Attention-based Position Update).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LevelLayout:
+    """Where each level sits in the packed canvas.
+
+    shapes: (H_l, W_l) per level; x_offsets: left column of each level's bordered block.
+    """
+
+    shapes: tuple[tuple[int, int], ...]
+    x_offsets: tuple[int, ...]
+    canvas_height: int
+    canvas_width: int
+
+    @classmethod
+    def from_shapes(cls, shapes) -> "LevelLayout":
+        shapes = tuple((int(h), int(w)) for h, w in shapes)
+        offsets, cursor = [], 0
+        for _, width in shapes:
+            offsets.append(cursor)
+            cursor += width + 2
+        return cls(shapes, tuple(offsets), max(h for h, _ in shapes) + 2, cursor)
+
+    @property
+    def level_starts(self) -> list[int]:
+        starts, total = [], 0
+        for height, width in self.shapes:
+            starts.append(total)
+            total += height * width
+        return starts
+
+
+def pack_levels(tokens: torch.Tensor, layout: LevelLayout, num_heads: int) -> torch.Tensor:
+    """Flattened level tokens -> packed canvas.
+
+    tokens: [Nb, S, M*d] (levels concatenated, row-major inside a level).
+    returns [Nb*M, d, Hc, Wc] with a one-pixel zero border around every level.
+    """
+    batch, _, channels = tokens.shape
+    head_dim = channels // num_heads
+    canvas = tokens.new_zeros(batch * num_heads, head_dim, layout.canvas_height,
+                              layout.canvas_width)
+    per_head = tokens.view(batch, -1, num_heads, head_dim).permute(0, 2, 3, 1)
+    per_head = per_head.reshape(batch * num_heads, head_dim, -1)
+    for (height, width), start, x_offset in zip(layout.shapes, layout.level_starts,
+                                                layout.x_offsets):
+        level = per_head[:, :, start:start + height * width].reshape(-1, head_dim, height, width)
+        canvas[:, :, 1:1 + height, x_offset + 1:x_offset + 1 + width] = level
+    return canvas
+
+
+def sample_packed(canvas: torch.Tensor, layout: LevelLayout, locations: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of every level at normalised locations.
+
+    canvas: [Nb*M, d, Hc, Wc] from `pack_levels`.
+    locations: [Nb, Q, M, L, P, 2] normalised (u, v) per level (zero padding outside [0, 1]).
+    returns [Nb*M, d, Q, L*P].
+    """
+    batch, num_queries, num_heads, num_levels, num_points, _ = locations.shape
+    sizes = torch.tensor([[w, h] for h, w in layout.shapes], dtype=locations.dtype,
+                         device=locations.device)  # [L, 2] (W, H)
+    offsets = torch.tensor([[x + 1, 1] for x in layout.x_offsets], dtype=locations.dtype,
+                           device=locations.device)
+    pixels = locations * sizes[:, None, :] - 0.5
+    pixels = torch.maximum(torch.minimum(pixels, sizes[:, None, :]), pixels.new_tensor(-1.0))
+    canvas_xy = pixels + offsets[:, None, :]
+    scale = torch.tensor([2.0 / (layout.canvas_width - 1), 2.0 / (layout.canvas_height - 1)],
+                         dtype=locations.dtype, device=locations.device)
+    grid = canvas_xy * scale - 1
+    grid = grid.permute(0, 2, 1, 3, 4, 5).reshape(batch * num_heads, num_queries,
+                                                  num_levels * num_points, 2)
+    return F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _chunks(total: int, size: int | None):
+    size = total if not size else size
+    for start in range(0, total, max(size, 1)):
+        yield slice(start, min(start + size, total))
+
+
+def deformable_attention(values: torch.Tensor, layout: LevelLayout, locations: torch.Tensor,
+                         weights: torch.Tensor, query_chunk: int | None = None) -> torch.Tensor:
+    """Standard multi-scale deformable attention core.
+
+    values: [Nb, S, M, d]; locations: [Nb, Q, M, L, P, 2]; weights: [Nb, Q, M, L, P]
+    (already normalised). returns [Nb, Q, M*d].
+    """
+    batch, _, num_heads, head_dim = values.shape
+    canvas = pack_levels(values.flatten(2), layout, num_heads)
+    outputs = []
+    for chunk in _chunks(locations.shape[1], query_chunk):
+        samples = sample_packed(canvas, layout, locations[:, chunk])  # [Nb*M, d, q, LP]
+        chunk_weights = weights[:, chunk].permute(0, 2, 1, 3, 4).flatten(3)
+        chunk_weights = chunk_weights.reshape(batch * num_heads, 1, -1, samples.shape[-1])
+        out = (samples * chunk_weights).sum(-1)  # [Nb*M, d, q]
+        outputs.append(out.view(batch, num_heads * head_dim, -1).transpose(1, 2))
+    return torch.cat(outputs, dim=1)
+
+
+def key_aware_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                        layout: LevelLayout, locations: torch.Tensor,
+                        query_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key-aware deformable attention core (TAPTRv2).
+
+    queries: [Nb, Q, M, d]; keys, values: [Nb, S, M, d]; locations: [Nb, Q, M, L, P, 2].
+    Per head, logits <q_m, k_(m,l,p)> / sqrt(d) are soft-maxed over the L*P samples.
+    returns (output [Nb, Q, M*d], raw logits [Nb, Q, M*L*P] head-major, then level, point).
+    """
+    batch, _, num_heads, head_dim = values.shape
+    packed = torch.cat((keys, values), dim=-1).flatten(2)  # [Nb, S, M*2d]
+    canvas = pack_levels(packed, layout, num_heads)
+    outputs, all_logits = [], []
+    for chunk in _chunks(locations.shape[1], query_chunk):
+        samples = sample_packed(canvas, layout, locations[:, chunk])  # [Nb*M, 2d, q, LP]
+        sampled_keys, sampled_values = samples[:, :head_dim], samples[:, head_dim:]
+        chunk_queries = queries[:, chunk].permute(0, 2, 3, 1).reshape(batch * num_heads,
+                                                                      head_dim, -1, 1)
+        logits = (chunk_queries * sampled_keys).sum(1) / math.sqrt(head_dim)  # [Nb*M, q, LP]
+        attention = logits.softmax(-1)
+        out = (sampled_values * attention[:, None]).sum(-1)  # [Nb*M, d, q]
+        outputs.append(out.view(batch, num_heads * head_dim, -1).transpose(1, 2))
+        all_logits.append(logits.view(batch, num_heads, logits.shape[1], -1)
+                          .permute(0, 2, 1, 3).flatten(2))
+    return torch.cat(outputs, dim=1), torch.cat(all_logits, dim=1)
+
+
+def _grid_init_bias(num_heads: int, num_levels: int, num_points: int) -> torch.Tensor:
+    """Deformable-DETR offset bias: head m points along angle 2*pi*m/M, p-th point (p+1) away."""
+    angles = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    directions = torch.stack([angles.cos(), angles.sin()], -1)
+    directions = directions / directions.abs().max(-1, keepdim=True)[0]
+    grid = directions.view(num_heads, 1, 1, 2).repeat(1, num_levels, num_points, 1)
+    grid = grid * torch.arange(1, num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+    return grid.flatten()
+
+
+class DeformableAttention(nn.Module):
+    """Deformable-DETR `MSDeformAttn` (parameters `sampling_offsets`, `attention_weights`,
+    `value_proj`, `output_proj`)."""
+
+    def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int):
+        super().__init__()
+        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(
+                _grid_init_bias(self.num_heads, self.num_levels, self.num_points))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(self, query: torch.Tensor, reference: torch.Tensor, source: torch.Tensor,
+                layout: LevelLayout, query_chunk: int | None = None) -> torch.Tensor:
+        """query [Nb, Q, C], reference [Nb, Q, 2] (u, v), source [Nb, S, C] -> [Nb, Q, C]."""
+        batch, num_queries, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        values = self.value_proj(source).view(batch, source.shape[1], heads, -1)
+        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
+        normaliser = torch.tensor([[w, h] for h, w in layout.shapes], dtype=query.dtype,
+                                  device=query.device)
+        locations = reference[:, :, None, None, None, :] + offsets / normaliser[:, None, :]
+        out = deformable_attention(values, layout, locations, weights, query_chunk)
+        return self.output_proj(out)
+
+
+class KeyAwareDeformableAttention(nn.Module):
+    """TAPTRv2's key-aware deformable cross-attention (`MSDeformAttn_KeyAware`).
+
+    Keys and values are projections of the memory without positional encoding; attention
+    weights come from query-key dot products within each head.
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int):
+        super().__init__()
+        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.value_proj = nn.Linear(dim, dim)
+        self.key_proj = nn.Linear(dim, dim)
+        self.query_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The official model ends with xavier on the offset weight (spec section 9, item 8).
+        nn.init.xavier_uniform_(self.sampling_offsets.weight)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(
+                _grid_init_bias(self.num_heads, self.num_levels, self.num_points))
+        for linear in (self.value_proj, self.key_proj, self.query_proj, self.output_proj):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, query: torch.Tensor, positions: torch.Tensor, memory: torch.Tensor,
+                layout: LevelLayout, query_chunk: int | None = None):
+        """Attend from points to their frame's memory.
+
+        query: [Nb, Q, C] (content + positional query); positions: [Nb, Q, 2] (u, v);
+        memory: [Nb, S, C]. returns (output [Nb, Q, C], logits [Nb, Q, M*L*P],
+        offsets [Nb, Q, M, L, P, 2] in level pixels).
+        """
+        batch, num_queries, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        values = self.value_proj(memory).view(batch, memory.shape[1], heads, -1)
+        keys = self.key_proj(memory).view(batch, memory.shape[1], heads, -1)
+        queries = self.query_proj(query).view(batch, num_queries, heads, -1)
+        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
+        normaliser = torch.tensor([[w, h] for h, w in layout.shapes], dtype=query.dtype,
+                                  device=query.device)
+        locations = positions[:, :, None, None, None, :] + offsets / normaliser[:, None, :]
+        out, logits = key_aware_attention(queries, keys, values, layout, locations, query_chunk)
+        return self.output_proj(out), logits, offsets

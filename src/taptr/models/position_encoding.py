@@ -1,0 +1,51 @@
+"""Sine encodings: of feature-map positions (encoder) and of point positions (decoder)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _interleaved_sine(scaled: torch.Tensor, num_features: int, temperature: float) -> torch.Tensor:
+    """[..., ] angles -> [..., num_features]: sin/cos interleaved over frequencies.
+
+    Feature k uses frequency divisor temperature^(2*floor(k/2)/num_features); even k sine,
+    odd k cosine (the DAB/DINO layout, not concatenated).
+    """
+    index = torch.arange(num_features, dtype=torch.float32, device=scaled.device)
+    divisors = temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_features)
+    angles = scaled[..., None] / divisors.to(scaled.dtype)
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def point_sine_embedding(points: torch.Tensor, num_features: int = 128,
+                         temperature: float = 10.0) -> torch.Tensor:
+    """Embed normalised positions (official `gen_sineembed_for_position`).
+
+    points: [..., 2] (x, y) -> [..., 2F] laid out [emb(y), emb(x)];
+            [..., 4] (x, y, w, h) -> [..., 4F] laid out [emb(y), emb(x), emb(w), emb(h)].
+    emb(c)_k = sin/cos(2*pi*c / temperature^(2*floor(k/2)/F)).
+    """
+    scaled = points * (2 * math.pi)
+    parts = [_interleaved_sine(scaled[..., i], num_features, temperature)
+             for i in range(points.shape[-1])]
+    parts[0], parts[1] = parts[1], parts[0]
+    return torch.cat(parts, dim=-1)
+
+
+def map_sine_encoding(height: int, width: int, num_features: int, temperature: float,
+                      device=None, dtype=torch.float32) -> torch.Tensor:
+    """Sine encoding of a feature map's positions (official `PositionEmbeddingSineHW`).
+
+    Row i gets y = (i + 1) / (H + 1e-6) * 2*pi, column j likewise; returns [2F, H, W] with
+    channels [pos_y (F), pos_x (F)].
+    """
+    eps = 1e-6
+    rows = torch.arange(1, height + 1, dtype=torch.float32, device=device) / (height + eps)
+    cols = torch.arange(1, width + 1, dtype=torch.float32, device=device) / (width + eps)
+    pos_y = _interleaved_sine(rows * 2 * math.pi, num_features, temperature)  # [H, F]
+    pos_x = _interleaved_sine(cols * 2 * math.pi, num_features, temperature)  # [W, F]
+    pos_y = pos_y[:, None, :].expand(height, width, num_features)
+    pos_x = pos_x[None, :, :].expand(height, width, num_features)
+    return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).to(dtype)

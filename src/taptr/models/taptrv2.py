@@ -1,0 +1,175 @@
+"""The TAPTRv2 network: backbone, multi-scale encoder, point decoder and sliding windows.
+
+One clear path: `encode_frames` turns frames into per-frame memory, `query_features` samples a
+point's initial content at its query frame, `decoder` refines a window, and `TrackStream`
+(windows.py) drives the windows. `forward` runs a whole video through a stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taptr.config import ModelConfig
+from taptr.models.backbone import build_backbone
+from taptr.models.decoder import PointDecoder
+from taptr.models.deformable_attention import LevelLayout
+from taptr.models.encoder import Encoder
+from taptr.models.position_encoding import map_sine_encoding
+from taptr.models.windows import TrackStream
+
+# Elements of a temporary tensor (32-bit) the model allows itself before chunking queries.
+CHUNK_BUDGET = 1 << 25
+
+
+@dataclass
+class TrackOutput:
+    """Tracks of a batch of videos.
+
+    positions: [B, T, N, 2] model coordinates (u, v); vis_logits: [B, T, N, K] (visible
+    probability sigmoid(vis_logits[..., 1])); boxes: [B, T, N, 4] (u, v, w, h).
+    With `return_layers`: layer_positions, layer_apu_positions [L, B, T, N, 2],
+    layer_vis_logits [L, B, T, N, K].
+    """
+
+    positions: torch.Tensor
+    vis_logits: torch.Tensor
+    boxes: torch.Tensor
+    layer_positions: torch.Tensor | None = None
+    layer_apu_positions: torch.Tensor | None = None
+    layer_vis_logits: torch.Tensor | None = None
+
+    @property
+    def visibility(self) -> torch.Tensor:
+        """[B, T, N] probability that the point is visible."""
+        return torch.sigmoid(self.vis_logits[..., 1])
+
+
+def _input_projection(in_channels: int, dim: int, kernel: int = 1, stride: int = 1):
+    return nn.Sequential(nn.Conv2d(in_channels, dim, kernel, stride, kernel // 2),
+                         nn.GroupNorm(32 if dim % 32 == 0 else 8, dim))
+
+
+class TAPTRv2(nn.Module):
+    """TAPTRv2 (Li et al., NeurIPS 2024) as specified in the official code."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        dim = config.hidden_dim
+        self.backbone = build_backbone(config.backbone)
+        stage_channels = [self.backbone.stage_channels[s] for s in config.backbone_stages]
+        projections = [_input_projection(c, dim) for c in stage_channels]
+        extra_in = stage_channels[-1]
+        for _ in range(config.num_levels - len(stage_channels)):
+            projections.append(_input_projection(extra_in, dim, kernel=3, stride=2))
+            extra_in = dim
+        self.input_proj = nn.ModuleList(projections)
+        self.level_embed = nn.Parameter(torch.randn(config.num_levels, dim))
+        self.encoder = Encoder(config.encoder_layers, dim, config.ffn_dim, config.num_heads,
+                               config.num_levels, config.encoder_points)
+        self.query_initializer = nn.Linear(config.num_levels * dim, dim)
+        self.decoder = PointDecoder(config.decoder_layers, dim, config.ffn_dim, config.num_heads,
+                                    config.num_levels, config.decoder_points,
+                                    config.decoder_module_order, config.num_vis_logits,
+                                    config.official_compat, config.point_pe_temperature)
+        self.window_updater = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(),
+                                            nn.Linear(dim, dim))
+        for projection in self.input_proj:
+            nn.init.xavier_uniform_(projection[0].weight)
+            nn.init.zeros_(projection[0].bias)
+
+    # ------------------------------------------------------------------ per-frame features
+    def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, LevelLayout]:
+        """frames [Nb, 3, H, W] normalised -> (memory [Nb, S, C], level layout)."""
+        stages = self.backbone(frames)
+        maps = [self.input_proj[i](stages[s]) for i, s in enumerate(self.config.backbone_stages)]
+        for projection in self.input_proj[len(maps):]:
+            source = stages[-1] if len(maps) == len(self.config.backbone_stages) else maps[-1]
+            maps.append(projection(source))
+        layout = LevelLayout.from_shapes([m.shape[-2:] for m in maps])
+        tokens, token_pos = [], []
+        for level, feature_map in enumerate(maps):
+            height, width = feature_map.shape[-2:]
+            tokens.append(feature_map.flatten(2).transpose(1, 2))
+            encoding = map_sine_encoding(height, width, self.config.hidden_dim // 2,
+                                         self.config.map_pe_temperature, frames.device,
+                                         feature_map.dtype)
+            token_pos.append((encoding.flatten(1).transpose(0, 1)
+                              + self.level_embed[level])[None])
+        tokens = torch.cat(tokens, 1)
+        token_pos = torch.cat(token_pos, 1)
+        samples = self.config.num_heads * self.config.encoder_points * self.config.num_levels
+        chunk = max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
+        return self.encoder(tokens, token_pos, layout, chunk), layout
+
+    def query_features(self, memory: torch.Tensor, layout: LevelLayout,
+                       points: torch.Tensor) -> torch.Tensor:
+        """Initial content of points from one frame's memory.
+
+        memory: [B, S, C]; points: [B, N, 2] (u, v) -> [B, N, C]. Every level is sampled
+        bilinearly with align_corners=True and border padding, then `query_initializer`.
+        """
+        batch, num_points, _ = points.shape
+        samples = []
+        for (height, width), start in zip(layout.shapes, layout.level_starts):
+            level = memory[:, start:start + height * width].transpose(1, 2)
+            level = level.reshape(batch, -1, height, width)
+            grid = points
+            if self.config.official_compat:  # official H/W swap (spec section 9)
+                scale = points.new_tensor([(height - 1) / max(width - 1, 1),
+                                           (width - 1) / max(height - 1, 1)])
+                grid = points * scale
+            grid = (2 * grid - 1)[:, :, None, :]
+            sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode="border",
+                                    align_corners=True)
+            samples.append(sampled[..., 0].transpose(1, 2))
+        return self.query_initializer(torch.cat(samples, -1))
+
+    # ------------------------------------------------------------------ tracking
+    def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
+               num_frames: int | None = None, point_chunk: int | None = None) -> TrackStream:
+        """A `TrackStream` for queries [B, N, 2] (model coordinates) and frames [B, N]."""
+        if point_chunk is None:
+            config = self.config
+            per_point = (config.window_size * config.hidden_dim * 2 * config.num_levels
+                         * config.decoder_points)
+            point_chunk = max(64, CHUNK_BUDGET // max(1, query_points.shape[0] * per_point))
+        return TrackStream(self, query_points, query_frames, num_frames, point_chunk)
+
+    def forward(self, video: torch.Tensor, query_points: torch.Tensor,
+                query_frames: torch.Tensor, return_layers: bool = False,
+                point_chunk: int | None = None) -> TrackOutput:
+        """Track points through a batch of videos.
+
+        video: [B, T, 3, H, W] normalised; query_points: [B, N, 2] (u, v); query_frames [B, N].
+        """
+        num_frames = video.shape[1]
+        stream = self.stream(query_points, query_frames, num_frames, point_chunk)
+        chunks = []
+        for start in range(0, num_frames, self.config.window_stride):
+            chunks.append(stream.push(video[:, start:start + self.config.window_stride]))
+        chunks.append(stream.finish())
+        chunks = [c for c in chunks if c is not None]
+        position_logits = torch.cat([c.layer_position_logits for c in chunks], 2)
+        vis_logits = torch.cat([c.layer_vis_logits for c in chunks], 2)
+        boxes = torch.sigmoid(position_logits[-1])
+        output = TrackOutput(boxes[..., :2], vis_logits[-1], boxes)
+        if return_layers:
+            output.layer_positions = torch.sigmoid(position_logits)[..., :2]
+            apu_logits = torch.cat([c.layer_apu_logits for c in chunks], 2)
+            output.layer_apu_positions = torch.sigmoid(apu_logits)[..., :2]
+            output.layer_vis_logits = vis_logits
+        return output
+
+
+def build_model(config: ModelConfig | str) -> TAPTRv2:
+    """A randomly initialised TAPTRv2 for a config or preset name."""
+    if isinstance(config, str):
+        from taptr.config import get_preset
+
+        config = get_preset(config)
+    return TAPTRv2(config)

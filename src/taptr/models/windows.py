@@ -1,0 +1,309 @@
+"""The sliding-window loop of TAPTRv2 as a stream: frames in, final tracks out.
+
+Frames are encoded as they arrive; a window of `window_size` frames is decoded as soon as its
+frames are present (windows start every `window_stride` frames; the last one is aligned to the
+video's end). After each window its frames are written back where a point is updated, the tail
+state is propagated to every later frame, and the content carried over (spec section 5).
+A frame is returned once no later window can change it, and its features and states are freed:
+memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from taptr.models.common import inverse_sigmoid
+from taptr.models.decoder import WindowInputs
+
+
+@dataclass
+class FrameState:
+    """Per-frame tracking state of every point.
+
+    position_logits: [Ld, B, N, 4] each decoder layer's position (logit space);
+    apu_logits: [Ld, B, N, 4] each layer's APU position (logit space);
+    vis_logits: [Ld, B, N, K]; content: [B, N, C].
+    """
+
+    position_logits: torch.Tensor
+    apu_logits: torch.Tensor
+    vis_logits: torch.Tensor
+    content: torch.Tensor
+
+    def extended(self, other: "FrameState") -> "FrameState":
+        """Append the points of `other` (same frame) after ours."""
+        return FrameState(torch.cat((self.position_logits, other.position_logits), 2),
+                          torch.cat((self.apu_logits, other.apu_logits), 2),
+                          torch.cat((self.vis_logits, other.vis_logits), 2),
+                          torch.cat((self.content, other.content), 1))
+
+
+@dataclass
+class TrackChunk:
+    """Final results of consecutive frames [start, start + t).
+
+    positions: [B, t, N, 2] model coordinates; vis_logits: [B, t, N, K];
+    layer_position_logits, layer_apu_logits: [Ld, B, t, N, 4]; layer_vis_logits: [Ld, B, t, N, K].
+    """
+
+    start: int
+    positions: torch.Tensor
+    vis_logits: torch.Tensor
+    layer_position_logits: torch.Tensor
+    layer_apu_logits: torch.Tensor
+    layer_vis_logits: torch.Tensor
+
+    @property
+    def num_frames(self) -> int:
+        return self.positions.shape[1]
+
+
+def window_starts(num_frames: int, size: int, stride: int) -> list[int]:
+    """Official window schedule: every `stride` frames, last window aligned to the end.
+
+    T = 24 -> [0, 4, 8, 12, 16]; T = 10 -> [0, 2]; T < size -> [0] (one shorter window).
+    """
+    if num_frames <= size:
+        return [0]
+    count = (num_frames - size) // stride + 1
+    starts = [index * stride for index in range(count)]
+    if starts[-1] + size < num_frames:
+        starts.append(num_frames - size)
+    return starts
+
+
+@dataclass
+class _Queries:
+    points: torch.Tensor  # [B, N, 2] model coordinates
+    frames: torch.Tensor  # [B, N] int64
+    initialised: torch.Tensor  # [B, N] bool: content sampled from the query frame
+    initial_content: torch.Tensor  # [B, N, C]
+
+
+class TrackStream:
+    """Incremental TAPTRv2 inference (and training forward) over a growing video.
+
+    Use `push(frames)` with frames [B, t, 3, H, W], then `finish()`. Each returns a `TrackChunk`
+    (or None when no frame became final). With `num_frames` given the windows are exactly the
+    official ones; without it the end-aligned last window is decided at `finish()`.
+    """
+
+    def __init__(self, model, query_points: torch.Tensor, query_frames: torch.Tensor,
+                 num_frames: int | None = None, point_chunk: int | None = None):
+        config = model.config
+        self.model = model
+        self.window_size = config.window_size
+        self.window_stride = config.window_stride
+        self.num_frames = num_frames
+        self.point_chunk = point_chunk
+        self.content_padding_gap = 1
+        if config.official_compat and num_frames is not None and num_frames > 24:
+            self.content_padding_gap = num_frames // 24  # eval-only long-video quirk
+        self.schedule = (window_starts(num_frames, self.window_size, self.window_stride)
+                         if num_frames is not None else None)
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.batch = query_points.shape[0]
+        self.received = 0
+        self.emitted = 0
+        self.windows_run = 0
+        self.last_window_end = 0
+        self.frames: list[FrameState] = []  # frames [self.emitted - len(self.frames) ..)
+        self.first_buffered = 0
+        self.memory: dict[int, torch.Tensor] = {}
+        self.layout = None
+        self.queries = _Queries(
+            torch.zeros(self.batch, 0, 2, device=self.device, dtype=self.dtype),
+            torch.zeros(self.batch, 0, dtype=torch.long, device=self.device),
+            torch.zeros(self.batch, 0, dtype=torch.bool, device=self.device),
+            torch.zeros(self.batch, 0, config.hidden_dim, device=self.device, dtype=self.dtype))
+        self.future = self._initial_state(self.queries.points)
+        self.add_queries(query_points, query_frames)
+
+    # ----------------------------------------------------------------------------- queries
+    @property
+    def num_points(self) -> int:
+        return self.queries.points.shape[1]
+
+    def _initial_state(self, points: torch.Tensor) -> FrameState:
+        """State of points before any window: the query position, 'visible' one-hot."""
+        config = self.model.config
+        layers = config.decoder_layers
+        batch, count = points.shape[:2]
+        logits = torch.cat((inverse_sigmoid(points), torch.zeros_like(points)), -1)
+        logits = logits[None].expand(layers, batch, count, 4)
+        vis = torch.zeros(layers, batch, count, config.num_vis_logits, device=self.device,
+                          dtype=self.dtype)
+        vis[..., 1] = 1.0
+        content = torch.zeros(batch, count, config.hidden_dim, device=self.device,
+                              dtype=self.dtype)
+        return FrameState(logits, logits, vis, content)
+
+    def add_queries(self, query_points: torch.Tensor, query_frames: torch.Tensor) -> None:
+        """Add points [B, n, 2] (model coordinates) with query frames [B, n].
+
+        A query frame must not be earlier than the oldest frame still held by the stream.
+        """
+        query_points = query_points.to(self.device, self.dtype)
+        query_frames = query_frames.to(self.device, torch.long)
+        oldest = min(self.memory) if self.memory else self.received
+        if query_frames.numel() and int(query_frames.min()) < oldest:
+            raise ValueError(f"query frame {int(query_frames.min())} is no longer held by the "
+                             f"stream (oldest frame held: {oldest})")
+        new_state = self._initial_state(query_points)
+        self.frames = [state.extended(new_state) for state in self.frames]
+        self.future = self.future.extended(new_state)
+        count = query_points.shape[1]
+        self.queries = _Queries(
+            torch.cat((self.queries.points, query_points), 1),
+            torch.cat((self.queries.frames, query_frames), 1),
+            torch.cat((self.queries.initialised,
+                       torch.zeros(self.batch, count, dtype=torch.bool, device=self.device)), 1),
+            torch.cat((self.queries.initial_content, new_state.content), 1))
+        for frame in sorted(self.memory):
+            self._initialise_queries(frame)
+
+    def _initialise_queries(self, frame: int) -> None:
+        """Sample the content of points whose query frame is `frame` (spec 3.1)."""
+        starting = (self.queries.frames == frame) & ~self.queries.initialised
+        if not bool(starting.any()):
+            return
+        features = self.model.query_features(self.memory[frame], self.layout, self.queries.points)
+        mask = starting[..., None]
+        initial = torch.where(mask, features, self.queries.initial_content)
+        self.queries.initial_content = initial
+        self.queries.initialised = self.queries.initialised | starting
+        self.frames = [FrameState(s.position_logits, s.apu_logits, s.vis_logits,
+                                  torch.where(mask, initial, s.content)) for s in self.frames]
+        self.future = FrameState(self.future.position_logits, self.future.apu_logits,
+                                 self.future.vis_logits,
+                                 torch.where(mask, initial, self.future.content))
+
+    # ----------------------------------------------------------------------------- frames
+    def push(self, frames: torch.Tensor) -> TrackChunk | None:
+        """Add frames [B, t, 3, H, W] (normalised model input); returns newly final frames."""
+        if frames.shape[0] != self.batch:
+            raise ValueError(f"expected a batch of {self.batch} videos, got {frames.shape[0]}")
+        if self.num_frames is not None and self.received + frames.shape[1] > self.num_frames:
+            raise ValueError("more frames pushed than num_frames")
+        frames = frames.to(self.device, self.dtype)
+        for start in range(0, frames.shape[1], self.window_size):
+            chunk = frames[:, start:start + self.window_size]
+            memory, self.layout = self.model.encode_frames(chunk.flatten(0, 1))
+            memory = memory.view(self.batch, chunk.shape[1], *memory.shape[1:])
+            for offset in range(chunk.shape[1]):
+                frame = self.received
+                self.memory[frame] = memory[:, offset]
+                self.frames.append(self.future)
+                self.received += 1
+                self._initialise_queries(frame)
+        return self._advance(final=False)
+
+    def finish(self) -> TrackChunk | None:
+        """Run the end-aligned last window and return every remaining frame."""
+        if self.num_frames is not None and self.received != self.num_frames:
+            raise ValueError(f"stream got {self.received} of {self.num_frames} frames")
+        return self._advance(final=True)
+
+    def _next_window(self, final: bool) -> int | None:
+        if self.schedule is not None:
+            if self.windows_run < len(self.schedule):
+                start = self.schedule[self.windows_run]
+                if start + min(self.window_size, self.num_frames) <= self.received:
+                    return start
+            return None
+        start = self.windows_run * self.window_stride
+        if start + self.window_size <= self.received:
+            return start
+        if final and self.received and (self.windows_run == 0 or self.last_window_end < self.received):
+            return max(0, self.received - self.window_size)
+        return None
+
+    def _advance(self, final: bool) -> TrackChunk | None:
+        while (start := self._next_window(final)) is not None:
+            end = min(start + self.window_size, self.received)
+            self._run_window(start, end)
+            self.windows_run += 1
+            self.last_window_end = end
+        if final:
+            ready = self.received
+        elif self.schedule is not None:
+            ready = (self.schedule[self.windows_run] if self.windows_run < len(self.schedule)
+                     else self.num_frames)
+        else:
+            ready = self.windows_run * self.window_stride
+        chunk = self._emit(min(ready, self.received))
+        keep_from = self.emitted if self.schedule is not None or final else max(
+            0, min(self.emitted, self.received - self.window_size))
+        self._release(keep_from)
+        return chunk
+
+    def _state_index(self, frame: int) -> int:
+        return frame - self.first_buffered
+
+    def _run_window(self, start: int, end: int) -> None:
+        frame_ids = torch.arange(start, end, device=self.device)
+        query_frames = self.queries.frames[:, None, :]
+        tracked = frame_ids[None, :, None] >= query_frames  # [B, W, N]
+        updated = frame_ids[None, :, None] > query_frames
+        if not bool(updated.any()):
+            return
+        states = self.frames[self._state_index(start):self._state_index(end)]
+        content = torch.stack([s.content for s in states], 1)  # [B, W, N, C]
+        reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
+        memory = torch.stack([self.memory[f] for f in range(start, end)], 1).flatten(0, 1)
+        inputs = WindowInputs(content, reference, memory, tracked, updated, self.layout)
+        layers = self.model.decoder(inputs, self.point_chunk)
+        write = updated[None, ..., None]  # [1, B, W, N, 1]
+        old_positions = torch.stack([s.position_logits for s in states], 2)
+        old_apu = torch.stack([s.apu_logits for s in states], 2)
+        old_vis = torch.stack([s.vis_logits for s in states], 2)
+        positions = torch.where(write, torch.stack([o.position_logits for o in layers]),
+                                old_positions)
+        apu = torch.where(write, torch.stack([inverse_sigmoid(o.apu_positions) for o in layers]),
+                          old_apu)
+        vis = torch.where(write, torch.stack([o.vis_logits for o in layers]), old_vis)
+        carried = self.model.window_updater(torch.cat(
+            (self.queries.initial_content[:, None].expand_as(content), content,
+             layers[-1].fused), -1))
+        carried = F.dropout(carried, p=0.6, training=self.model.training)
+        content = content + torch.where(updated[..., None], carried, torch.zeros_like(carried))
+        for offset in range(end - start):
+            self.frames[self._state_index(start) + offset] = FrameState(
+                positions[:, :, offset], apu[:, :, offset], vis[:, :, offset], content[:, offset])
+        # Propagate the tail to every later frame (held ones and the future).
+        tail = self.frames[self._state_index(end - 1)]
+        pad_content = self.windows_run % self.content_padding_gap == 0
+        def padded(state: FrameState) -> FrameState:
+            return FrameState(tail.position_logits, tail.apu_logits, tail.vis_logits,
+                              tail.content if pad_content else state.content)
+        for frame in range(end, self.received):
+            self.frames[self._state_index(frame)] = padded(self.frames[self._state_index(frame)])
+        self.future = padded(self.future)
+
+    def _emit(self, ready: int) -> TrackChunk | None:
+        if ready <= self.emitted:
+            return None
+        states = self.frames[self._state_index(self.emitted):self._state_index(ready)]
+        position_logits = torch.stack([s.position_logits for s in states], 2)
+        chunk = TrackChunk(
+            start=self.emitted,
+            positions=torch.sigmoid(position_logits[-1])[..., :2],
+            vis_logits=torch.stack([s.vis_logits[-1] for s in states], 1),
+            layer_position_logits=position_logits,
+            layer_apu_logits=torch.stack([s.apu_logits for s in states], 2),
+            layer_vis_logits=torch.stack([s.vis_logits for s in states], 2))
+        self.emitted = ready
+        return chunk
+
+    def _release(self, keep_from: int) -> None:
+        """Free the states and features of frames before `keep_from`."""
+        drop = keep_from - self.first_buffered
+        if drop > 0:
+            self.frames = self.frames[drop:]
+            self.first_buffered = keep_from
+        for frame in [f for f in self.memory if f < keep_from]:
+            del self.memory[frame]

@@ -1,0 +1,87 @@
+"""Our own weights: safetensors files whose metadata holds the full model config.
+
+`save_weights(model, path)` writes one; `load_weights(path)` rebuilds the model from the file
+alone. Bundled weights live in `taptr/assets/` and are found by name (`resolve_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from taptr.config import ModelConfig
+from taptr.errors import TaptrError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_WEIGHTS = "taptr-small"
+
+
+def bundled_weights() -> dict[str, Path]:
+    """Names of the weights shipped inside the package -> their files."""
+    return {p.stem.replace("_", "-"): p for p in sorted(ASSETS.glob("*.safetensors"))}
+
+
+def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
+    """A bundled name (or None for the default) or a path -> an existing file path."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_WEIGHTS
+    bundled = bundled_weights()
+    if str(name_or_path) in bundled:
+        return bundled[str(name_or_path)]
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if name_or_path == DEFAULT_WEIGHTS:
+        raise TaptrError("the default weights are not bundled in this installation "
+                         f"(expected {ASSETS / 'taptr_small.safetensors'})")
+    known = ", ".join(sorted(bundled)) or "none"
+    raise TaptrError(f"weights not found: {name_or_path} (bundled: {known})")
+
+
+def save_weights(model, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                 extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's state dict (optionally cast, e.g. fp16) with its config; atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous()
+    metadata = {"format": "taptr", "config": model.config.to_json()}
+    metadata.update(extra_metadata or {})
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+    return path
+
+
+def read_weights_config(path: str | os.PathLike) -> ModelConfig:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error
+        raise TaptrError(f"cannot read weights {path}: {error}") from None
+    if "config" not in metadata:
+        raise TaptrError(f"{path} holds no taptr model config in its metadata")
+    return ModelConfig.from_dict(json.loads(metadata["config"]))
+
+
+def load_weights(name_or_path=None, device=None):
+    """Build the model stored in a weights file (or a bundled name); returns it in eval mode."""
+    from taptr.models import build_model
+    from taptr.official import load_state_strict
+
+    path = resolve_weights(name_or_path)
+    config = read_weights_config(path)
+    model = build_model(config)
+    state = load_file(str(path))
+    load_state_strict(model, {k: v.float() if v.is_floating_point() else v
+                              for k, v in state.items()})
+    return model.to(device or "cpu").eval()
