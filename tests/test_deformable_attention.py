@@ -1,0 +1,89 @@
+"""The packed-canvas deformable attention equals the slow reference, and samples the right
+pixels on non-square maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference_deformable import (reference_deformable_attention,
+                                  reference_key_aware_attention)
+from taptr.models.deformable_attention import (LevelLayout, deformable_attention,
+                                               key_aware_attention, pack_levels, sample_packed)
+
+SHAPES = [
+    [(6, 9), (3, 5), (2, 2)],      # wider than tall, odd sizes
+    [(9, 4), (5, 2), (3, 1)],      # taller than wide
+    [(7, 7)],                      # one square level
+]
+
+
+def random_case(shapes, seed, batch=2, queries=5, heads=2, points=3, dim=4, spread=0.3):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = sum(h * w for h, w in shapes)
+    values = torch.randn(batch, tokens, heads, dim, generator=generator)
+    # Locations around and well outside [0, 1] (border handling).
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=generator)
+    locations = locations * (1 + 2 * spread) - spread
+    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator)
+    return values, locations, weights
+
+
+@pytest.mark.parametrize("shapes", SHAPES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_standard_attention_matches_reference(shapes, seed):
+    values, locations, weights = random_case(shapes, seed)
+    layout = LevelLayout.from_shapes(shapes)
+    fast = deformable_attention(values, layout, locations, weights)
+    slow = reference_deformable_attention(values, shapes, locations, weights)
+    assert torch.allclose(fast.double(), slow, atol=1e-5)
+    chunked = deformable_attention(values, layout, locations, weights, query_chunk=2)
+    assert torch.allclose(chunked, fast, atol=1e-6)
+
+
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_key_aware_attention_matches_reference(shapes):
+    values, locations, _ = random_case(shapes, 3)
+    generator = torch.Generator().manual_seed(4)
+    keys = torch.randn(values.shape, generator=generator)
+    queries = torch.randn(values.shape[0], locations.shape[1], *values.shape[2:],
+                          generator=generator)
+    layout = LevelLayout.from_shapes(shapes)
+    fast_out, fast_logits = key_aware_attention(queries, keys, values, layout, locations)
+    slow_out, slow_logits = reference_key_aware_attention(queries, keys, values, shapes, locations)
+    assert torch.allclose(fast_out.double(), slow_out, atol=1e-5)
+    assert torch.allclose(fast_logits.double(), slow_logits, atol=1e-5)
+
+
+def test_points_exactly_on_and_beyond_the_border():
+    shapes = [(4, 6), (2, 3)]
+    values, _, _ = random_case(shapes, 5, batch=1, heads=1)
+    edge = torch.tensor([-0.5 / 6, 0.0, 1 / 12, 1.0, 1 + 0.5 / 6, 1 + 1 / 6, 3.0, -2.0])
+    locations = torch.stack(torch.meshgrid(edge, edge, indexing="ij"), -1).reshape(1, -1, 1, 1, 1, 2)
+    locations = locations.expand(1, -1, 1, 2, 1, 2).contiguous()
+    weights = torch.ones(1, locations.shape[1], 1, 2, 1)
+    layout = LevelLayout.from_shapes(shapes)
+    fast = deformable_attention(values, layout, locations, weights)
+    slow = reference_deformable_attention(values, shapes, locations, weights)
+    assert torch.allclose(fast.double(), slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("shapes", [[(5, 11), (3, 6)], [(12, 5), (6, 3)]])
+def test_sampling_reads_the_intended_pixel_on_non_square_maps(shapes):
+    """Maps whose channels hold their own (x, y): sampling (u, v) reads (u*W - 0.5, v*H - 0.5)."""
+    tokens = []
+    for height, width in shapes:
+        ys, xs = torch.meshgrid(torch.arange(height.__float__()), torch.arange(float(width)),
+                                indexing="ij")
+        tokens.append(torch.stack((xs.flatten(), ys.flatten()), -1))
+    values = torch.cat(tokens)[None, :, None, :]  # [1, S, 1, 2]
+    layout = LevelLayout.from_shapes(shapes)
+    canvas = pack_levels(values.flatten(2), layout, 1)
+    points = torch.tensor([[0.3, 0.6], [0.5, 0.5], [0.8, 0.25]])
+    locations = points[None, :, None, None, None, :].expand(1, 3, 1, 2, 1, 2)
+    sampled = sample_packed(canvas, layout, locations)  # [1, 2, Q, L]
+    for level, (height, width) in enumerate(shapes):
+        expected_x = points[:, 0] * width - 0.5
+        expected_y = points[:, 1] * height - 0.5
+        assert torch.allclose(sampled[0, 0, :, level], expected_x, atol=1e-5)
+        assert torch.allclose(sampled[0, 1, :, level], expected_y, atol=1e-5)
