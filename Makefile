@@ -1,0 +1,26 @@
+# Newcomer entry points: `make demo` (set up + run the demo), `make test` (set up + run tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/taptr: pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo]"
+	touch $(BIN)/taptr
+
+setup: $(BIN)/taptr
+
+demo: setup
+	$(BIN)/taptr demo --out demo_out
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/track_speed.py --quick
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
