@@ -85,7 +85,9 @@ class TAPTRv2(nn.Module):
     # ------------------------------------------------------------------ per-frame features
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, LevelLayout]:
         """frames [Nb, 3, H, W] normalised -> (memory [Nb, S, C], level layout)."""
-        stages = self.backbone(frames)
+        if getattr(self, "backbone_channels_last", False):
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        stages = [stage.contiguous() for stage in self.backbone(frames)]
         maps = [self.input_proj[i](stages[s]) for i, s in enumerate(self.config.backbone_stages)]
         for projection in self.input_proj[len(maps):]:
             source = stages[-1] if len(maps) == len(self.config.backbone_stages) else maps[-1]
