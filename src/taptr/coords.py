@@ -80,3 +80,32 @@ def pixel_to_metric(points, video_size, metric_size: float = 256.0):
     return (points + 0.5) * _size_vector(
         points, metric_size / video_size[0], metric_size / video_size[1]
     )
+
+
+def tapvid_to_metric(points, metric_size: float = 256.0):
+    """TAP-Vid normalised (corner origin) -> the metric frame: u * 256, as tapnet's readers do.
+
+    With `metric_size=255` this is the CoTracker / official TAPTR scaling (u * (256 - 1)).
+    """
+    return points * metric_size
+
+
+def tapvid_to_pixel_aligned(points, video_size):
+    """TAP-Vid normalised -> pixels by the align-corners rule x = u * (W - 1).
+
+    The "scale 255" evaluation protocol (CoTracker, official TAPTR) hands trackers queries made
+    this way instead of with `tapvid_to_pixel`; it differs from ours by up to half a pixel.
+    """
+    return points * _size_vector(points, max(video_size[0] - 1, 1), max(video_size[1] - 1, 1))
+
+
+def pixel_aligned_to_metric(points, video_size, metric_size: float = 255.0):
+    """Inverse of `tapvid_to_pixel_aligned` followed by `tapvid_to_metric(metric_size)`.
+
+    x_metric = x * metric_size / (W - 1): the scale-255 protocol's rescaling of predictions.
+    """
+    return points * _size_vector(
+        points,
+        metric_size / max(video_size[0] - 1, 1),
+        metric_size / max(video_size[1] - 1, 1),
+    )

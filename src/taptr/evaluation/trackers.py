@@ -1,0 +1,38 @@
+"""Build a tracker for evaluation by name: the TAPTRv2 model or a classical baseline."""
+
+from __future__ import annotations
+
+from taptr.errors import TaptrError
+from taptr.evaluation.baselines import BASELINES, make_baseline
+
+TRACKER_NAMES = ("taptr", *BASELINES)
+
+
+def default_device() -> str:
+    """'cuda' when a GPU is usable, else 'cpu'."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def load_tracker(name: str, weights: str | None = None, device: str | None = None):
+    """A tracker with `track(video, queries=...)`.
+
+    name: 'taptr' (the model, `Tracker.from_pretrained(weights, device=...)`; weights is a
+    bundled name, a path or None for the default) or a baseline ('static', 'lk', 'dis', which
+    ignore weights and device).
+    """
+    if name in BASELINES:
+        if weights is not None:
+            raise TaptrError(f"--weights applies to --tracker taptr, not to {name!r}")
+        return make_baseline(name)
+    if name != "taptr":
+        raise TaptrError(f"unknown tracker {name!r} (expected one of {', '.join(TRACKER_NAMES)})")
+    try:
+        from taptr.tracker import Tracker
+    except ImportError as error:
+        raise TaptrError(f"--tracker taptr is unavailable: cannot import taptr.tracker ({error})") from None
+    return Tracker.from_pretrained(weights, device=device or default_device())

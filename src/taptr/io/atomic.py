@@ -1,0 +1,103 @@
+"""Atomic file writes: write next to the target, then `os.replace`, so a reader (or a crash)
+never sees a half-written output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from taptr.errors import TaptrError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success move it onto `path`.
+
+    The temporary name keeps the target's extension (writers that pick a format from the
+    extension still work). On any exception the temporary file is removed and `path` is left
+    as it was.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    ensure_writable_folder(folder)
+    temp_path = _create_unique(folder, target)
+    try:
+        yield temp_path
+        os.replace(temp_path, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp_path.unlink()
+        raise
+
+
+def _create_unique(folder: Path, target: Path) -> Path:
+    """Create an empty, uniquely named file next to `target` (mode 0666 minus the umask)."""
+    for _ in range(100):
+        candidate = folder / f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}"
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise TaptrError(f"cannot write to {str(folder)!r}: {error.strerror}") from None
+        return candidate
+    raise TaptrError(f"cannot create a temporary file in {str(folder)!r}")
+
+
+def ensure_writable_folder(folder: str | os.PathLike) -> None:
+    """Raise `TaptrError` unless `folder` is an existing, writable directory."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TaptrError(f"output folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TaptrError(f"output folder {str(folder)!r} is not writable")
+
+
+def check_can_create_folder(folder: str | os.PathLike) -> None:
+    """Raise `TaptrError` unless `folder` exists and is writable, or could be created.
+
+    Creates nothing: used to refuse a bad output location before any work is done.
+    """
+    folder = Path(folder).absolute()
+    if folder.exists():
+        if not folder.is_dir():
+            raise TaptrError(f"output path {str(folder)!r} exists and is not a folder")
+        ensure_writable_folder(folder)
+        return
+    ancestor = folder.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TaptrError(f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise TaptrError(
+            f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is not writable"
+        )
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder; on success move its files into `folder`.
+
+    `folder` (and missing parents) is created only on success. On any exception the staging
+    folder is removed and nothing appears at `folder`: a failed run leaves no partial output.
+    Files already in `folder` with other names are kept; same names are replaced.
+    """
+    folder = Path(folder).absolute()
+    check_can_create_folder(folder)
+    anchor = folder
+    while not anchor.exists():
+        anchor = anchor.parent
+    staging = anchor / f".taptr-staging-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in sorted(staging.iterdir()):
+            os.replace(item, folder / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
