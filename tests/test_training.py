@@ -454,3 +454,20 @@ def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
     (tmp_path / "run" / "last.pt").write_bytes(b"x")
     assert cli_main(["train", "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_init_weights_starts_from_saved_weights_and_refuses_another_model(tmp_path):
+    from taptr.models import build_model
+    from taptr.weights import save_weights
+
+    torch.manual_seed(3)
+    start = build_model("tiny")
+    path = save_weights(start, tmp_path / "start.safetensors")
+    trainer = Trainer(tiny_config(tmp_path, init_weights=str(path)),
+                      clip_source=DriftingNoiseClips(seed=1), context=CPU)
+    for name, tensor in start.state_dict().items():
+        assert torch.equal(tensor, trainer.model.state_dict()[name]), name
+    other = save_weights(build_model("small"), tmp_path / "small.safetensors")
+    with pytest.raises(TaptrError, match="differs from the 'tiny' preset"):
+        Trainer(tiny_config(tmp_path / "x", init_weights=str(other)),
+                clip_source=DriftingNoiseClips(seed=1), context=CPU)

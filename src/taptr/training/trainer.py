@@ -85,6 +85,7 @@ class TrainConfig:
     textures: str | None = None
     eval_textures: str | None = None
     init_backbone: str | None = None
+    init_weights: str | None = None  # our .safetensors weights to fine-tune from
     workers: int = 0  # DataLoader workers; 0 renders clips in the main process on `data_device`
     data_device: str = "auto"  # 'auto' = training device when workers == 0, else cpu
     log_every: int = 10
@@ -133,6 +134,8 @@ class TrainConfig:
         for name, folder in folders.items():
             if folder is not None and not Path(folder).is_dir():
                 raise TaptrError(f"{name} folder not found: {folder}")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise TaptrError(f"init_weights file not found: {self.init_weights}")
         if self.init_backbone is not None and not Path(self.init_backbone).is_file():
             raise TaptrError(f"init_backbone file not found: {self.init_backbone}")
 
@@ -215,6 +218,8 @@ class Trainer:
             self.model_config = get_preset(config.preset)
         seed_global_generators(config.seed)  # identical initial weights on every rank
         self.model = model if model is not None else self._build_model()
+        if config.init_weights and checkpoint is None:
+            self._load_initial_weights(config.init_weights)
         if config.init_backbone and checkpoint is None:
             from taptr.training.pretrained import load_backbone_weights
 
@@ -257,6 +262,20 @@ class Trainer:
     def _print(self, message: str) -> None:
         if self.context.is_main:
             tqdm.write(message)
+
+    def _load_initial_weights(self, path: str) -> None:
+        """Start from a full set of our weights (fine-tuning); the config must match."""
+        from taptr.official import load_state_strict
+        from taptr.weights import read_weights_config
+        from safetensors.torch import load_file
+
+        stored = read_weights_config(path)
+        if stored.to_dict() != self.model_config.to_dict():
+            raise TaptrError(f"{path} holds a {stored.name!r} model that differs from the "
+                             f"{self.model_config.name!r} preset being trained")
+        state = {k: v.float() for k, v in load_file(path).items()}
+        load_state_strict(self.model, state)
+        self._print(f"weights initialised from {path}")
 
     def _build_model(self) -> nn.Module:
         from taptr.models import build_model
