@@ -72,7 +72,8 @@ def check_can_create_folder(folder: str | os.PathLike) -> None:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise TaptrError(f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is a file")
+        raise TaptrError(f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is "
+                         "a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise TaptrError(
             f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is not writable"

@@ -1,0 +1,244 @@
+"""Tracking speed and peak memory of `taptr.Tracker` for video lengths and point counts.
+
+    python benchmarks/track_speed.py --quick              # small preset, a few minutes on CPU
+    python benchmarks/track_speed.py                      # the full table (long on CPU)
+    python benchmarks/track_speed.py --presets taptrv2 --frames 50 --points 16 --device cuda
+
+Each configuration runs in a fresh Python process, so its peak resident memory
+(`resource.getrusage(...).ru_maxrss`, which sees PyTorch's allocations, unlike tracemalloc) and
+its peak CUDA memory belong to that configuration alone. The video is a synthetic 640x480 clip:
+an H.264 file decoded lazily (the path users take) when PyAV is installed, otherwise frames
+generated on the fly. Random weights: speed and memory do not depend on the weights.
+Queries sit on frame 0 (forward pass only) or, with `--query-frame middle`, on the middle frame
+(forward pass plus the backward pass over the first half, read backwards from the file).
+Prints a Markdown table; `--json FILE` keeps the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WIDTH, HEIGHT = 640, 480
+DISTINCT_FRAMES = 32
+
+
+# ----------------------------------------------------------------------------- the worker
+
+@functools.lru_cache(maxsize=DISTINCT_FRAMES)
+def _synthetic_frame(index: int):
+    """A deterministic textured frame [H, W, 3] uint8 that drifts right over time.
+
+    The pattern repeats every DISTINCT_FRAMES frames, which are cached: generating frames
+    costs (almost) nothing and the same memory for every video length.
+    """
+    import numpy as np
+
+    index %= DISTINCT_FRAMES
+    rows, columns = np.mgrid[0:HEIGHT, 0:WIDTH]
+    shift = 2 * index
+    red = ((columns - shift) // 16 + rows // 16) % 2 * 160 + 40
+    green = (np.sin((columns - shift) / 23.0) * 60 + 120).astype(int)
+    blue = (rows * 255 // HEIGHT)
+    return np.stack([red, green + 0 * rows, blue + 0 * columns], -1).astype(np.uint8)
+
+
+def _synthetic_source(num_frames: int):
+    from taptr.io.video import VideoSource
+
+    class SyntheticVideo(VideoSource):
+        """Frames generated on demand (nothing held)."""
+
+        def __init__(self):
+            self.num_frames, self.fps, self.name = num_frames, 30.0, "synthetic"
+            self.size = (WIDTH, HEIGHT)
+
+        def iter_frames(self, start=0, stop=None):
+            for index in range(start, self._check_stop(stop)):
+                yield _synthetic_frame(index % DISTINCT_FRAMES)
+
+        def iter_frames_reversed(self, stop=None, transform=None, buffer_bytes=0):
+            transform = transform or (lambda frame: frame)
+            for index in reversed(range(self._check_stop(stop))):
+                yield transform(_synthetic_frame(index % DISTINCT_FRAMES))
+
+    return SyntheticVideo()
+
+
+def write_video_file(path: Path, num_frames: int) -> Path:
+    from taptr.io import write_video
+
+    write_video(path, (_synthetic_frame(i % DISTINCT_FRAMES) for i in range(num_frames)), fps=30)
+    return path
+
+
+def run_worker(args) -> None:
+    """Track once and print one JSON line with the timing and memory of this process."""
+    import numpy as np
+    import torch
+
+    from taptr.models import build_model
+    from taptr.tracker import Tracker
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tracker = Tracker(build_model(args.preset), device=args.device, dtype=args.dtype)
+    cuda = tracker.device.type == "cuda"
+    video = args.video if args.video else _synthetic_source(args.frames)
+    query_frame = 0 if args.query_frame == "first" else args.frames // 2
+    side = int(np.ceil(np.sqrt(args.points)))
+    xs = (np.arange(args.points) % side + 0.5) * WIDTH / side - 0.5
+    ys = (np.arange(args.points) // side + 0.5) * HEIGHT / side - 0.5
+    queries = np.stack([np.full(args.points, query_frame), xs, ys], 1)
+    # Warm-up (kernel selection for every tensor shape, allocator) on a short clip with the
+    # same shapes: same points, same length modulo 8 (so the same partial batches).
+    warm_frames = min(args.frames, 16 + args.frames % 8)
+    warm_queries = queries.copy()
+    warm_queries[:, 0] = 0 if args.query_frame == "first" else warm_frames // 2
+    tracker.track(_synthetic_source(warm_frames), queries=warm_queries, progress=False)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _peak_rss_mb()
+    started = time.perf_counter()
+    result = tracker.track(video, queries=queries, progress=False)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    assert result.tracks.shape == (args.points, args.frames, 2)
+    print(json.dumps({
+        "preset": args.preset, "frames": args.frames, "points": args.points,
+        "query_frame": args.query_frame, "device": str(tracker.device),
+        "dtype": args.dtype or "fp32", "source": "file" if args.video else "synthetic",
+        "seconds": seconds, "fps": args.frames / seconds,
+        "peak_rss_mb": _peak_rss_mb(), "rss_after_warmup_mb": rss_before,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "threads": torch.get_num_threads(),
+    }))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def configurations(args) -> list[dict]:
+    if args.quick:
+        lengths, counts, presets = [50, 200], [16, 256], ["small"]
+    else:
+        lengths, counts, presets = args.frames, args.points, args.presets
+    configs = []
+    for preset in presets:
+        for frames in lengths:
+            configs.append(dict(preset=preset, frames=frames, points=counts[0]))
+        for points in counts[1:]:
+            configs.append(dict(preset=preset, frames=lengths[0], points=points))
+    return configs
+
+
+def run_configuration(config: dict, args, video_folder: Path | None) -> dict:
+    command = [sys.executable, __file__, "--worker", "--preset", config["preset"],
+               "--frames", str(config["frames"]), "--points", str(config["points"]),
+               "--query-frame", args.query_frame]
+    if args.device:
+        command += ["--device", args.device]
+    if args.dtype:
+        command += ["--dtype", args.dtype]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if video_folder is not None:
+        path = video_folder / f"synthetic_{config['frames']}.mp4"
+        if not path.exists():
+            write_video_file(path, config["frames"])
+        command += ["--video", str(path)]
+    environment = dict(os.environ)
+    source_folder = str(Path(__file__).resolve().parents[1] / "src")
+    environment["PYTHONPATH"] = source_folder + os.pathsep + environment.get("PYTHONPATH", "")
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment,
+                               timeout=args.timeout)
+    if completed.returncode != 0:
+        return {**config, "error": completed.stderr.strip().splitlines()[-1:]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| preset | frames | points | queries on | device | threads | frames/s | s/frame | "
+             "peak RSS (MB) | peak CUDA (MB) |",
+             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['preset']} | {row['frames']} | {row['points']} | | | | "
+                         f"failed: {row['error']} | | | |")
+            continue
+        cuda = f"{row['peak_cuda_mb']:.0f}" if row["peak_cuda_mb"] is not None else "-"
+        lines.append(f"| {row['preset']} | {row['frames']} | {row['points']} | "
+                     f"{row['query_frame']} frame | {row['device']} {row['dtype']} | "
+                     f"{row['threads']} | "
+                     f"{row['fps']:.2f} | {1 / row['fps']:.3f} | {row['peak_rss_mb']:.0f} | "
+                     f"{cuda} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small preset, 50/200 frames, 16/256 points")
+    parser.add_argument("--presets", nargs="+", default=["small", "taptrv2"])
+    parser.add_argument("--frames", nargs="+", type=int, default=[50, 200, 800],
+                        help="video lengths (the points sweep uses the first)")
+    parser.add_argument("--points", nargs="+", type=int, default=[16, 256, 1024, 4096],
+                        help="point counts (the length sweep uses the first)")
+    parser.add_argument("--query-frame", choices=("first", "middle"), default="first")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch (default: PyTorch's choice)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="frames generated on the fly instead of decoding an H.264 file")
+    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per configuration")
+    parser.add_argument("--json", default=None, help="also write the raw rows here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", default="small", help=argparse.SUPPRESS)
+    parser.add_argument("--video", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        args.frames, args.points = args.frames[0], args.points[0]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return 0
+    try:
+        import av  # noqa: F401
+
+        use_file = not args.synthetic
+    except ImportError:
+        use_file = False
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="taptr-bench-") as folder:
+        for config in configurations(args):
+            row = run_configuration(config, args, Path(folder) if use_file else None)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

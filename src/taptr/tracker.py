@@ -1,0 +1,314 @@
+"""`Tracker`: track points through a video with a TAPTRv2 model.
+
+    tracker = Tracker.from_pretrained()              # bundled weights, GPU when available
+    result = tracker.track("clip.mp4", grid=10)      # or queries=[[t, x, y], ...]
+    result.save("tracks.npz"); result.save_overlay("overlay.mp4")
+
+How a video is tracked:
+- Frames are decoded one at a time, resized to the model's input (any resolution and aspect
+  ratio; coordinates map exactly both ways through `taptr.coords`) and pushed window by window
+  through `model.stream`, which encodes features per window and frees them: peak memory does
+  not grow with the video's length.
+- Forward pass: from the earliest query frame to the end. Backward pass (unless
+  `backward=False`): the time-reversed video from the latest query frame down to frame 0, for
+  the points whose query frame is after 0; it fills the frames before each query frame. Files
+  are read backwards in bounded segments (`VideoSource.iter_frames_reversed`).
+- At its query frame a point is exactly at its query and visible; with `backward=False`
+  frames before the query frame hold the query position and are not visible.
+- Many points: the model chunks its per-point work exactly (`point_chunk`); every point still
+  attends to every other, so results do not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from taptr.coords import model_to_pixel, pixel_to_model
+from taptr.errors import TaptrError
+from taptr.io.video import open_video
+from taptr.preprocess import normalize, resize_frames
+from taptr.queries import build_queries
+from taptr.result import TrackResult
+
+VISIBLE_THRESHOLD = 0.5
+# Official evaluation pads queries to 800 with static points restarting within 12 frames.
+PADDING_RESTART_FRAMES = 12
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+           "half": torch.float16}
+
+
+def load_model(name_or_path=None):
+    """A model from bundled weights (None = default, or a name), a `.safetensors` file of ours,
+    or an official checkpoint (`.pth`/`.pt`, e.g. `taptrv2.pth`)."""
+    if name_or_path is not None and Path(name_or_path).suffix.lower() in (".pth", ".pt"):
+        if not Path(name_or_path).is_file():
+            raise TaptrError(f"no such checkpoint: {str(name_or_path)!r}")
+        from taptr.official import load_official
+
+        return load_official(name_or_path)
+    from taptr.weights import load_weights
+
+    return load_weights(name_or_path)
+
+
+def resolve_device(device=None) -> torch.device:
+    """None -> CUDA when available, else CPU; strings such as "cuda:1" or "cpu" pass through."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise TaptrError(f"unknown device {device!r} (try cpu, cuda, cuda:0, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TaptrError(f"device {str(device)!r} requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TaptrError("device 'mps' requested but MPS is not available")
+    return device
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: None/fp32 -> None (full precision); bf16/fp16 -> autocast on `device`."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise TaptrError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype == torch.float32:
+        return None
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise TaptrError(f"unsupported dtype {dtype}; use fp32, bf16 or fp16")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise TaptrError("fp16 needs a GPU; on CPU use bf16 or fp32")
+    return dtype
+
+
+@dataclass
+class PixelChunk:
+    """Final frames [start, start + t) in video pixels: positions [t, n, 2], visibility [t, n]."""
+
+    start: int
+    positions: np.ndarray
+    visibility: np.ndarray
+
+
+class Tracker:
+    """Tracks points with a TAPTRv2 model on CPU or GPU.
+
+    model: a `taptr.models.TAPTRv2` (or anything with its `config` and `stream`).
+    device: None = CUDA when available, else CPU. dtype: None/"fp32", or "bf16"/"fp16" to run
+    under autocast (bf16 also works on CPU).
+    """
+
+    def __init__(self, model, device=None, dtype=None):
+        self.device = resolve_device(device)
+        self.autocast_dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=None, device=None, dtype=None) -> "Tracker":
+        """Load bundled weights by name (None = default), our `.safetensors` file, or an
+        official `.pth` checkpoint."""
+        return cls(load_model(name_or_path), device, dtype)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input (H_in, W_in)."""
+        height, width = self.config.input_size
+        return int(height), int(width)
+
+    def __repr__(self) -> str:
+        height, width = self.input_size
+        precision = "fp32"
+        if self.autocast_dtype is not None:
+            precision = str(self.autocast_dtype).replace("torch.", "")
+        return (f"Tracker({self.config.name}, input {width}x{height}, {self.device}, "
+                f"{precision})")
+
+    # ------------------------------------------------------------------ offline tracking
+    def track(self, video, queries=None, grid=None, grid_frame: int = 0, mask=None,
+              backward: bool = True, point_chunk: int | None = None, padding_queries: int = 0,
+              progress: bool = True, fps: float | None = None) -> TrackResult:
+        """Track points through a whole video.
+
+        video: a file path (mp4, mov, avi, webm, mkv, gif, ...), a folder of images, a uint8
+            array [T, H, W, 3], a tensor, or a `VideoSource`.
+        queries: [N, 3] rows (t, x, y) in pixels of the video, any frame t.
+        grid, grid_frame, mask: a grid x grid lattice of points on `grid_frame`, optionally only
+            where `mask` (image path or [H, W] array) is non-zero. Added after `queries`.
+            Neither queries nor grid: a 10 x 10 grid on frame 0.
+        backward: also track frames before each query frame (on the time-reversed video).
+        point_chunk: points per chunk inside the model (memory knob; exact, None = automatic).
+        padding_queries: pad each pass to this many queries with static random points, as the
+            official evaluation does (800); 0 = off. Padding points are not returned.
+        progress: show a progress bar. fps: override the video's frame rate.
+        Returns a `TrackResult` (tracks [N, T, 2], visible [N, T], visibility [N, T], ...).
+        """
+        source = open_video(video, fps)
+        queries = build_queries(source, queries, grid, grid_frame, mask)
+        num_points, num_frames = len(queries), source.num_frames
+        query_frames = queries[:, 0].astype(np.int64)
+        tracks = np.repeat(queries[:, None, 1:], num_frames, axis=1)  # [N, T, 2]
+        visibility = np.zeros((num_points, num_frames), np.float32)
+        backward_points = np.flatnonzero(query_frames > 0) if backward else np.zeros(0, int)
+        backward_frames = (int(query_frames[backward_points].max()) + 1
+                           if len(backward_points) else 0)
+        total = num_frames - int(query_frames.min()) + backward_frames
+        options = dict(point_chunk=point_chunk, padding_queries=padding_queries)
+        with tqdm(total=total, unit="frame", desc="tracking", disable=not progress,
+                  leave=False) as bar:
+            self._forward(source, queries, tracks, visibility, bar, **options)
+            if len(backward_points):
+                self._backward(source, queries, backward_points, tracks, visibility, bar,
+                               **options)
+        points = np.arange(num_points)
+        tracks[points, query_frames] = queries[:, 1:]
+        visibility[points, query_frames] = 1.0
+        return TrackResult(tracks.astype(np.float32), visibility > VISIBLE_THRESHOLD, visibility,
+                           queries, source.size, source.fps, backward, source)
+
+    def _forward(self, source, queries, tracks, visibility, bar, **options) -> None:
+        """Frames from the earliest query frame on; fills each point from its query frame."""
+        query_frames = queries[:, 0].astype(np.int64)
+        start = int(query_frames.min())
+        frames = (self.prepare_frame(f) for f in source.iter_frames(start))
+        for out in self._run_pass(frames, source.num_frames - start, queries[:, 1:],
+                                  query_frames - start, source.size, bar, **options):
+            index = start + out.start + np.arange(len(out.positions))
+            _fill(tracks, visibility, index, index[None, :] >= query_frames[:, None], out)
+
+    def _backward(self, source, queries, points, tracks, visibility, bar, **options) -> None:
+        """The time-reversed video from the latest query frame of `points` [n] down to frame 0;
+        fills each of those points before its query frame."""
+        query_frames = queries[points, 0].astype(np.int64)
+        length = int(query_frames.max()) + 1
+        frames = source.iter_frames_reversed(length, self.prepare_frame)
+        for out in self._run_pass(frames, length, queries[points, 1:],
+                                  length - 1 - query_frames, source.size, bar, **options):
+            index = length - 1 - (out.start + np.arange(len(out.positions)))
+            _fill(tracks, visibility, index, index[None, :] < query_frames[:, None], out, points)
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, queries=None, num_frames: int | None = None,
+               point_chunk: int | None = None):
+        """An online tracker: push frames one at a time, get tracks as soon as they are final.
+
+        See `taptr.streaming.OnlineTracker`.
+        """
+        from taptr.streaming import OnlineTracker
+
+        return OnlineTracker(self, queries, num_frames=num_frames, point_chunk=point_chunk)
+
+    # ------------------------------------------------------------------ model input/output
+    # Shared with the online tracker (taptr.streaming).
+    def prepare_frame(self, frame: np.ndarray) -> torch.Tensor:
+        """RGB uint8 [H, W, 3] -> resized uint8 [3, H_in, W_in] (small, for buffering)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+        return resize_frames(tensor, self.input_size)[0]
+
+    def model_input(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """Prepared frames -> normalised [1, t, 3, H_in, W_in] on the device."""
+        return normalize(torch.stack(frames).to(self.device))[None]
+
+    def model_points(self, points_px: np.ndarray, video_size) -> torch.Tensor:
+        """[n, 2] pixels -> [1, n, 2] model coordinates (float32, on the model's device)."""
+        height, width = self.input_size
+        points = pixel_to_model(torch.from_numpy(points_px.astype(np.float64)), video_size,
+                                (width, height))
+        return points.float()[None].to(self.device)
+
+    def to_pixels(self, chunk, num_points: int, video_size) -> PixelChunk | None:
+        """A model `TrackChunk` -> its first `num_points` points in video pixels (None when
+        the chunk is empty)."""
+        if chunk is None or chunk.positions.shape[1] == 0:
+            return None
+        height, width = self.input_size
+        positions = chunk.positions[0, :, :num_points].float().cpu().double()
+        pixels = model_to_pixel(positions, video_size, (width, height)).float().numpy()
+        visibility = torch.sigmoid(chunk.vis_logits[0, :, :num_points, 1].float()).cpu().numpy()
+        return PixelChunk(int(chunk.start), pixels, visibility)
+
+    def autocast(self):
+        """The autocast context of this tracker's dtype (a no-op for fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------ one pass
+    def _run_pass(self, frames: Iterable[torch.Tensor], num_frames: int, points_px: np.ndarray,
+                  query_frames: np.ndarray, video_size, bar, point_chunk: int | None,
+                  padding_queries: int) -> Iterator[PixelChunk]:
+        """Push prepared frames through one model stream; yield final frames in pixels.
+
+        frames: prepared uint8 [3, H_in, W_in] tensors; points_px [n, 2]; query_frames [n]
+        relative to the pass's first frame.
+        """
+        num_points = len(points_px)
+        points = self.model_points(points_px, video_size)
+        frame_ids = torch.from_numpy(query_frames.astype(np.int64))[None].to(self.device)
+        if padding_queries > num_points:
+            extra_points, extra_frames = padding_points(padding_queries - num_points, num_frames,
+                                                        self.input_size)
+            points = torch.cat((points, extra_points.to(self.device)), 1)
+            frame_ids = torch.cat((frame_ids, extra_frames.to(self.device)), 1)
+        stride = self.config.window_stride
+        with torch.inference_mode(), self.autocast():
+            stream = self.model.stream(points, frame_ids, num_frames=num_frames,
+                                       point_chunk=point_chunk)
+            batch = []
+            for frame in frames:
+                batch.append(frame)
+                if len(batch) == stride:
+                    yield from self._final(stream.push(self.model_input(batch)), num_points,
+                                           video_size)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                yield from self._final(stream.push(self.model_input(batch)), num_points,
+                                       video_size)
+                bar.update(len(batch))
+            yield from self._final(stream.finish(), num_points, video_size)
+
+    def _final(self, chunk, num_points: int, video_size) -> Iterator[PixelChunk]:
+        converted = self.to_pixels(chunk, num_points, video_size)
+        if converted is not None:
+            yield converted
+
+
+def _fill(tracks, visibility, index, keep, out: PixelChunk, points=None) -> None:
+    """Write a pass's frames `index` [t] where `keep` [n, t] into tracks [N, T, 2] and
+    visibility [N, T]; `points` [n] selects the rows (all when None)."""
+    rows = np.arange(tracks.shape[0]) if points is None else points
+    cells = np.ix_(rows, index)
+    tracks[cells] = np.where(keep[..., None], out.positions.transpose(1, 0, 2), tracks[cells])
+    visibility[cells] = np.where(keep, out.visibility.T, visibility[cells])
+
+
+def padding_points(count: int, num_frames: int, input_size: tuple[int, int],
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official-style padding queries: static random points away from the border.
+
+    Returns model coordinates [1, count, 2] and query frames [1, count], each frame drawn from
+    0..PADDING_RESTART_FRAMES (clipped to the pass), a margin of 1/16 of the input size.
+    """
+    generator = np.random.default_rng(seed)
+    height, width = input_size
+    margin = np.array([width, height]) / 16.0
+    upper = np.array([width - 1, height - 1]) - margin
+    pixels = margin + generator.random((count, 2)) * (upper - margin)
+    frames = np.minimum(generator.integers(0, PADDING_RESTART_FRAMES + 1, count), num_frames - 1)
+    model = pixels / np.array([max(width - 1, 1), max(height - 1, 1)])
+    return (torch.from_numpy(model).float()[None],
+            torch.from_numpy(frames.astype(np.int64))[None])

@@ -1,0 +1,146 @@
+"""`taptr track` end to end, and its refusals of bad input (exit 2, one line, no output)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from taptr.cli import main
+from taptr.io import load_tracks, open_video
+from tracking_helpers import (
+    SHARED_VIDEOS,
+    moving_square_frames,
+    single_thread,
+    tiny_weights_file,
+    write_clip,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return str(tiny_weights_file(str(tmp_path_factory.mktemp("weights"))))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    return write_clip(folder / "clip.mp4", moving_square_frames(10, 36, 50))
+
+
+def _track(capsys, *argv):
+    code = main(["track", *map(str, argv), "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_track_writes_tracks_and_overlay(clip, weights, tmp_path, capsys):
+    out = tmp_path / "result"
+    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--points",
+                                  "0,10,12;6,40.5,20", "--out", out, "--json", "--trail", 4)
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["overlay.mp4", "tracks.csv", "tracks.json",
+                                                     "tracks.npz"]
+    tracks = load_tracks(out / "tracks.npz")
+    assert tracks["tracks"].shape == (2, 10, 2) and tracks["video_size"] == (50, 36)
+    np.testing.assert_array_equal(tracks["tracks"][1, 6], [40.5, 20])
+    assert len((out / "tracks.csv").read_text().splitlines()) == 1 + 2 * 10
+    overlay = open_video(out / "overlay.mp4")
+    assert overlay.num_frames == 10 and overlay.size == (50, 36)
+    assert "2 points through 10 frames (50x36)" in stdout and "frames/s" in stdout
+    assert str(out / "overlay.mp4") in stdout
+
+
+def test_default_output_folder_and_grid(clip, weights, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--grid", 3,
+                                  "--grid-frame", 2, "--no-backward", "--no-overlay")
+    assert code == 0, stderr
+    out = tmp_path / "taptr_out" / "clip"
+    assert sorted(p.name for p in out.iterdir()) == ["tracks.csv", "tracks.npz"]
+    tracks = load_tracks(out / "tracks.npz")
+    assert tracks["tracks"].shape == (9, 10, 2) and (tracks["queries"][:, 0] == 2).all()
+    assert not tracks["visible"][:, :2].any()
+
+
+def test_query_file_and_mask(clip, weights, tmp_path, capsys):
+    queries = tmp_path / "q.csv"
+    queries.write_text("t,x,y\n0,5,5\n3,20,30\n")
+    code, _, stderr = _track(capsys, clip, "--weights", weights, "--queries", queries,
+                             "--out", tmp_path / "a", "--no-overlay")
+    assert code == 0, stderr
+    assert load_tracks(tmp_path / "a" / "tracks.npz")["tracks"].shape == (2, 10, 2)
+    from PIL import Image
+
+    mask = np.zeros((36, 50), np.uint8)
+    mask[18:] = 1
+    Image.fromarray(mask * 255).save(tmp_path / "mask.png")
+    code, _, stderr = _track(capsys, clip, "--weights", weights, "--grid", 4, "--mask",
+                             tmp_path / "mask.png", "--out", tmp_path / "b", "--no-overlay")
+    assert code == 0, stderr
+    assert (load_tracks(tmp_path / "b" / "tracks.npz")["queries"][:, 2] > 18).all()
+
+
+@pytest.mark.skipif(not (SHARED_VIDEOS / "apple.mp4").exists(), reason="shared videos absent")
+def test_shared_video(weights, tmp_path, capsys):
+    code, stdout, stderr = _track(capsys, SHARED_VIDEOS / "apple.mp4", "--weights", weights,
+                                  "--points", "0,640,360;20,100,600", "--out", tmp_path)
+    assert code == 0, stderr
+    assert "2 points through 50 frames (1296x720)" in stdout
+    assert open_video(tmp_path / "overlay.mp4").num_frames == 50
+
+
+def _refused(capsys, argv, message, out):
+    code, stdout, stderr = _track(capsys, *argv, "--out", out)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taptr track: error:"), stderr
+    assert message in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_bad_inputs_are_refused_cleanly(clip, weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n" * 20)
+    noframes = tmp_path / "noframes.mp4"
+    import av
+
+    with av.open(str(noframes), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        container.start_encoding()
+    bad_queries = tmp_path / "bad.csv"
+    bad_queries.write_text("0,1,2\n1,2\n")
+    use = ["--weights", weights]
+    cases = [
+        ([tmp_path / "missing.mp4", *use], "no such file"),
+        ([text, *use], "not a video file"),
+        ([noframes, *use], "has no frames"),
+        ([clip, *use, "--points", "0,10,10;0,60,10;2,5,40"],
+         "2 queries are outside the 50x36 frame (x in -0.5..49.5, y in -0.5..35.5): point 1"),
+        ([clip, *use, "--points", "10,1,1"], "frame index outside 0..9"),
+        ([clip, *use, "--points", "0,nan,1"], "NaN"),
+        ([clip, *use, "--queries", bad_queries], "bad.csv line 2"),
+        ([clip, *use, "--queries", tmp_path / "none.csv"], "no such query file"),
+        ([clip, *use, "--grid", 3, "--grid-frame", 12], "grid frame 12"),
+        ([clip, *use, "--mask", tmp_path / "m.png"], "--grid"),
+        ([clip, "--weights", tmp_path / "nothing.safetensors"], "weights not found"),
+        ([clip, *use, "--device", "toaster"], "unknown device"),
+    ]
+    for argv, message in cases:
+        _refused(capsys, argv, message, out)
+
+
+def test_unwritable_output_folder(clip, weights, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _refused(capsys, [clip, "--weights", weights], "is a file", blocker / "sub")
+    assert blocker.read_text() == "x"
+    code, _, stderr = _track(capsys, clip, "--weights", weights, "--out", blocker)
+    assert code == 2 and "not a folder" in stderr

@@ -1,0 +1,102 @@
+"""Shared helpers for the tracker, streaming, I/O and CLI tests: synthetic clips and a seeded
+tiny model (random weights)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "videos"
+
+
+def moving_square_frames(num_frames: int = 12, height: int = 48, width: int = 64,
+                         seed: int = 0) -> np.ndarray:
+    """[T, H, W, 3] uint8: a blocky textured background with a bright square moving right/down."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 120, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+    background = np.repeat(np.repeat(blocks, 4, 0), 4, 1)[:height, :width]  # 4x4 texture
+    frames = np.repeat(background[None], num_frames, axis=0)
+    side = max(4, min(height, width) // 5)
+    for t in range(num_frames):
+        top, left = 2 + t % max(1, height - side - 4), 3 + (2 * t) % max(1, width - side - 6)
+        frames[t, top:top + side, left:left + side] = (250, 200, 40)
+    return frames
+
+
+def write_clip(path, frames: np.ndarray, fps: float = 10.0, rotation: int = 0,
+               keyframe_interval: int | None = None, codec: str = "libx264",
+               pix_fmt: str | None = None) -> Path:
+    """Encode `frames` [T, H, W, 3] with PyAV (lossless-ish, any size when pix_fmt allows).
+
+    rotation: display-matrix rotation in degrees (counter-clockwise), like a phone video.
+    """
+    import av
+
+    path = Path(path)
+    height, width = frames.shape[1:3]
+    pix_fmt = pix_fmt or "yuv444p"
+    options = {"crf": "0"} if codec == "libx264" else {}
+    if keyframe_interval is not None:
+        options["g"] = str(keyframe_interval)
+        options["keyint_min"] = str(keyframe_interval)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001),
+                                      options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model():
+    """The "tiny" preset with seeded random weights (shared; do not modify)."""
+    import torch
+
+    from taptr.models import build_model
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    torch.random.set_rng_state(generator_state)
+    return model
+
+
+def tiny_tracker():
+    from taptr.tracker import Tracker
+
+    return Tracker(tiny_model(), device="cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_weights_file(folder: str) -> Path:
+    """Save the tiny model as our safetensors weights in `folder` (once per folder)."""
+    from taptr.weights import save_weights
+
+    return save_weights(tiny_model(), Path(folder) / "tiny.safetensors")
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run PyTorch on one thread inside the block (restored after).
+
+    The tiny model's ops are too small to gain from threads, and on a shared, oversubscribed
+    CPU two spinning OpenMP threads made the tests up to 40x slower.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
