@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from taptr.coords import model_to_pixel, pixel_to_model
 from taptr.errors import TaptrError
 from taptr.io.video import open_video
+from taptr.models import TAPTRv2
+from taptr.models.inference import optimized_for_inference
 from taptr.preprocess import normalize, resize_frames
 from taptr.queries import build_queries
 from taptr.result import TrackResult
@@ -111,6 +113,10 @@ class Tracker:
     def __init__(self, model, device=None, dtype=None):
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_dtype(dtype, self.device)
+        if isinstance(model, TAPTRv2):
+            # Same function, faster: batch norms folded, channels-last backbone. The caller's
+            # model is left untouched (this is a copy).
+            model = optimized_for_inference(model)
         self.model = model.to(self.device).eval()
 
     @classmethod
