@@ -27,7 +27,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".webm", ".mkv", ".gif", ".m
                     ".wmv", ".flv", ".ts", ".3gp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Frames buffered (after the caller's transform) while reading a file backwards.
-DEFAULT_REVERSE_BUFFER_BYTES = 48 * 2**20
+DEFAULT_REVERSE_BUFFER_BYTES = 32 * 2**20
 
 
 class VideoSource:
