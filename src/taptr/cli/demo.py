@@ -45,8 +45,9 @@ def run(args) -> int:
     visible_share = float(result.visible.mean())
     print(f"tracked {result.num_points} points through {result.num_frames} frames in "
           f"{seconds:.1f} s ({result.num_frames / seconds:.1f} frames/s)")
-    print(f"overlay video: {overlay_path}  (coloured dots follow the surfaces they started on; "
-          f"hollow circles mark points the model believes occluded; "
-          f"{visible_share:.0%} of the point-frames are visible)")
+    print(f"overlay video: {overlay_path}  (a {args.grid}x{args.grid} grid placed on the first "
+          f"frame: each coloured dot is where the model tracks that point, with a trail of its "
+          f"last frames; hollow rings are points it believes occluded, "
+          f"{1 - visible_share:.0%} of the point-frames)")
     print(f"tracks: {tracks_path} and {csv_path}")
     return 0
