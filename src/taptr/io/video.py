@@ -115,9 +115,26 @@ def _nbytes(item) -> int:
     return int(nbytes or 1)
 
 
+class RandomAccessVideo(VideoSource):
+    """A source that reads any frame directly (`frame(index)`): iteration in either direction
+    needs no buffering."""
+
+    def frame(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def iter_frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        for index in range(start, self._check_stop(stop)):
+            yield self.frame(index)
+
+    def iter_frames_reversed(self, stop=None, transform=None, buffer_bytes=0):
+        transform = transform or (lambda frame: frame)
+        for index in reversed(range(self._check_stop(stop))):
+            yield transform(self.frame(index))
+
+
 # --------------------------------------------------------------------------- arrays
 
-class ArrayVideo(VideoSource):
+class ArrayVideo(RandomAccessVideo):
     """Frames held by the caller: a numpy array or torch tensor.
 
     Accepts `[T, H, W, 3]`, `[T, 3, H, W]` (tensors), `[T, H, W]` grayscale and a leading batch
@@ -164,14 +181,6 @@ class ArrayVideo(VideoSource):
             frame = np.repeat(frame, 3, axis=-1)
         return np.ascontiguousarray(frame)
 
-    def iter_frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        for index in range(start, self._check_stop(stop)):
-            yield self.frame(index)
-
-    def iter_frames_reversed(self, stop=None, transform=None, buffer_bytes=0):
-        transform = transform or (lambda frame: frame)
-        for index in reversed(range(self._check_stop(stop))):
-            yield transform(self.frame(index))
 
 
 def _to_numpy_like(frames):
@@ -195,7 +204,7 @@ def _float_scale(frames) -> float | None:
 
 # --------------------------------------------------------------------------- image folders
 
-class ImageFolderVideo(VideoSource):
+class ImageFolderVideo(RandomAccessVideo):
     """A folder of images, one per frame, in natural order (frame2 before frame10)."""
 
     def __init__(self, folder: Path, fps: float | None = None):
@@ -219,15 +228,6 @@ class ImageFolderVideo(VideoSource):
             raise TaptrError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, the first image "
                              f"is {self.size[0]}x{self.size[1]}; all frames must have one size")
         return image
-
-    def iter_frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        for index in range(start, self._check_stop(stop)):
-            yield self.frame(index)
-
-    def iter_frames_reversed(self, stop=None, transform=None, buffer_bytes=0):
-        transform = transform or (lambda frame: frame)
-        for index in reversed(range(self._check_stop(stop))):
-            yield transform(self.frame(index))
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
