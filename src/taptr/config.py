@@ -16,6 +16,15 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 DECODER_MODULES = ("ca", "tsa", "sa", "ffn")
 
 
+def dataclass_from_dict(cls, values: dict, what: str):
+    """`cls(**values)`, refusing names that are not fields of the dataclass `cls`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise TaptrError(f"unknown {what}: {sorted(unknown)}")
+    return cls(**values)
+
+
 @dataclass
 class ModelConfig:
     """Every hyper-parameter of a TAPTRv2 network.
@@ -81,11 +90,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise TaptrError(f"unknown model config fields: {sorted(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "model config fields")
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":

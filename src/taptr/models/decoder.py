@@ -106,9 +106,9 @@ class DecoderLayer(nn.Module):
             inputs.memory, inputs.layout, point_chunk)
         content = self.norm1(content + attended.view(batch, window, num_points, dim))
         # APU: weights from an MLP over all heads' raw logits, one softmax over every sample.
-        shapes = torch.tensor(inputs.layout.shapes, dtype=offsets.dtype, device=offsets.device)
+        sizes = inputs.layout.sizes(offsets)  # (W, H)
         # Official code divides (x, y) offsets by (H, W): only right for square maps.
-        normaliser = shapes if self.official_compat else shapes.flip(-1)
+        normaliser = sizes.flip(-1) if self.official_compat else sizes
         normalised = (offsets / normaliser[:, None, :]).flatten(2, 4)  # [BW, N, K, 2]
         weights = self.caupdate_weight_regressor(self.caupdate_weight_normalizer(logits))
         weights = weights.softmax(-1)

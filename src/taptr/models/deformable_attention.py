@@ -43,6 +43,10 @@ class LevelLayout:
             cursor += width + 2
         return cls(shapes, tuple(offsets), max(h for h, _ in shapes) + 2, cursor)
 
+    def sizes(self, like: torch.Tensor) -> torch.Tensor:
+        """[L, 2] (W_l, H_l) of every level, with `like`'s dtype and device."""
+        return torch.tensor([[w, h] for h, w in self.shapes], dtype=like.dtype, device=like.device)
+
     @property
     def level_starts(self) -> list[int]:
         starts, total = [], 0
@@ -79,8 +83,7 @@ def sample_packed(canvas: torch.Tensor, layout: LevelLayout, locations: torch.Te
     returns [Nb*M, d, Q, L*P].
     """
     batch, num_queries, num_heads, num_levels, num_points, _ = locations.shape
-    sizes = torch.tensor([[w, h] for h, w in layout.shapes], dtype=locations.dtype,
-                         device=locations.device)  # [L, 2] (W, H)
+    sizes = layout.sizes(locations)  # [L, 2] (W, H)
     offsets = torch.tensor([[x + 1, 1] for x in layout.x_offsets], dtype=locations.dtype,
                            device=locations.device)
     pixels = locations * sizes[:, None, :] - 0.5
@@ -146,6 +149,13 @@ def key_aware_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch
     return torch.cat(outputs, dim=1), torch.cat(all_logits, dim=1)
 
 
+def offset_locations(reference: torch.Tensor, offsets: torch.Tensor,
+                     layout: LevelLayout) -> torch.Tensor:
+    """Sampling locations: reference [Nb, Q, 2] (u, v) moved by offsets [Nb, Q, M, L, P, 2]
+    given in pixels of each level -> [Nb, Q, M, L, P, 2] normalised."""
+    return reference[:, :, None, None, None, :] + offsets / layout.sizes(offsets)[:, None, :]
+
+
 def _grid_init_bias(num_heads: int, num_levels: int, num_points: int) -> torch.Tensor:
     """Deformable-DETR offset bias: head m points along angle 2*pi*m/M, p-th point (p+1) away."""
     angles = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
@@ -190,9 +200,7 @@ class DeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
-        normaliser = torch.tensor([[w, h] for h, w in layout.shapes], dtype=query.dtype,
-                                  device=query.device)
-        locations = reference[:, :, None, None, None, :] + offsets / normaliser[:, None, :]
+        locations = offset_locations(reference, offsets, layout)
         out = deformable_attention(values, layout, locations, weights, query_chunk)
         return self.output_proj(out)
 
@@ -238,8 +246,6 @@ class KeyAwareDeformableAttention(nn.Module):
         keys = self.key_proj(memory).view(batch, memory.shape[1], heads, -1)
         queries = self.query_proj(query).view(batch, num_queries, heads, -1)
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
-        normaliser = torch.tensor([[w, h] for h, w in layout.shapes], dtype=query.dtype,
-                                  device=query.device)
-        locations = positions[:, :, None, None, None, :] + offsets / normaliser[:, None, :]
+        locations = offset_locations(positions, offsets, layout)
         out, logits = key_aware_attention(queries, keys, values, layout, locations, query_chunk)
         return self.output_proj(out), logits, offsets

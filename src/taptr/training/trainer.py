@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from taptr.config import ModelConfig, get_preset
+from taptr.config import ModelConfig, dataclass_from_dict, get_preset
 from taptr.errors import TaptrError
 from taptr.training import checkpoint as ckpt
 from taptr.training.data import batch_stream, derive_seed
@@ -144,11 +144,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise TaptrError(f"unknown training settings: {sorted(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "training settings")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
