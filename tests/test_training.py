@@ -329,7 +329,9 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     assert result.step == 8
     assert after < 0.8 * before, (before, after)
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
-    assert rows[0].startswith("step,wall_s,lr,") and len(rows) == 9
+    # Header, the step-0 validation row, then one row per step.
+    assert rows[0].startswith("step,wall_s,cpu_s,clips_seen,lr,") and len(rows) == 10
+    assert rows[1].startswith("0,")
     assert set(result.last_eval) == {"AJ", "delta_avg", "OA"}
     assert all(0.0 <= value <= 1.0 for value in result.last_eval.values())
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

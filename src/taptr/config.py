@@ -59,10 +59,21 @@ class ModelConfig:
     # initialisation and in the APU, and the eval-only long-video content padding. Needed only to
     # match official outputs bit for bit; for square inputs and T <= 24 it changes nothing.
     official_compat: bool = False
+    # Our additions (docs/correlation.md); the paper preset leaves them off.
+    # Backbone stages whose features drive the local correlation update, coarse to fine
+    # (empty: no correlation update, the paper's decoder).
+    correlation_stages: tuple[int, ...] = ()
+    correlation_radius: int = 3
+    # p > 0 adds a last correlation level on the input image: NCC of (2p+1)^2 RGB patches.
+    correlation_patch: int = 0
+    # "detr": the official initialisation; "tracking": ours, under which the untrained model
+    # already tracks (taptr.models.init_tracking).
+    initialisation: str = "detr"
 
     def __post_init__(self) -> None:
         self.backbone_stages = tuple(int(s) for s in self.backbone_stages)
         self.decoder_module_order = tuple(self.decoder_module_order)
+        self.correlation_stages = tuple(int(s) for s in self.correlation_stages)
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         if self.backbone not in BACKBONES:
             raise TaptrError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
@@ -72,6 +83,14 @@ class ModelConfig:
             raise TaptrError("num_levels must be at least the number of backbone stages")
         if sorted(self.decoder_module_order) != sorted(DECODER_MODULES):
             raise TaptrError(f"decoder_module_order must be a permutation of {DECODER_MODULES}")
+        if any(not 0 <= s <= 3 for s in self.correlation_stages):
+            raise TaptrError("correlation_stages must be backbone stages 0..3")
+        if self.correlation_patch < 0:
+            raise TaptrError("correlation_patch must not be negative")
+        if self.correlation_radius < 1:
+            raise TaptrError("correlation_radius must be at least 1")
+        if self.initialisation not in ("detr", "tracking"):
+            raise TaptrError("initialisation must be 'detr' or 'tracking'")
         if self.window_stride < 1 or self.window_size < self.window_stride:
             raise TaptrError("need 1 <= window_stride <= window_size")
 
@@ -124,6 +143,10 @@ def _small() -> ModelConfig:
         decoder_points=4,
         ffn_dim=512,
         input_size=(256, 256),
+        correlation_stages=(1,),
+        correlation_radius=3,
+        correlation_patch=3,
+        initialisation="tracking",
     )
 
 

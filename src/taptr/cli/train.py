@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import re
 import json
 import signal
 import sys
@@ -38,8 +40,8 @@ def _clip_size(text: str) -> tuple[int, int]:
 
 # (flag, TrainConfig field, type, help). Every default is None: only given flags override.
 _SETTINGS = (
-    ("--preset", "preset", str, "model preset: small (default), tiny, taptrv2"),
-    ("--data", "data", str, "'synthetic' (default) or 'kubric:PATH'"),
+    ("--preset", "preset", str, "model preset: small, tiny or taptrv2"),
+    ("--data", "data", str, "'synthetic' or 'kubric:PATH'"),
     ("--steps", "steps", int, "optimizer steps in all (default 20000)"),
     ("--batch", "batch", int, "clips per process per micro-batch (default 1)"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step (default 1)"),
@@ -68,17 +70,39 @@ _SETTINGS = (
     ("--data-device", "data_device", str, "where clips are rendered with 0 workers (auto)"),
     ("--log-every", "log_every", int, "steps between log rows (default 10)"),
     ("--eval-every", "eval_every", int, "steps between held-out evaluations, 0 = off (1000)"),
-    ("--eval-clips", "eval_clips", int, "held-out clips (default 16)"),
+    ("--eval-clips", "eval_clips", int, "clips per validation set (default 6)"),
+    ("--eval-sets", "eval_sets", lambda t: tuple(t.split(",")),
+     "validation sets, comma-separated (default easy,medium)"),
+    ("--difficulty-start", "difficulty_start", float,
+     "curriculum: difficulty of the first clips (default 0.2)"),
+    ("--curriculum-steps", "curriculum_steps", int,
+     "curriculum: steps to reach --difficulty, 0 = off (default 2000)"),
+    ("--max-minutes", "max_minutes", float,
+     "end this session after M minutes of wall time, with a checkpoint and an EMA export"),
     ("--ckpt-every", "ckpt_every", int, "steps between checkpoints (default 500)"),
     ("--export-every", "export_every", int, "steps between EMA exports (default 2000)"),
 )
 
 
+def _config_defaults() -> dict:
+    """TrainConfig's field defaults: the help strings show them, so they never go stale."""
+    from taptr.training.trainer import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)
+            if f.default is not dataclasses.MISSING}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder (runs/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    defaults = _config_defaults()
     for flag, field_name, kind, text in _SETTINGS:
-        parser.add_argument(flag, dest=field_name, type=kind, default=None, help=text)
+        text = re.sub(r"\s*\((default[^)]*|[^()]*; default)\)$", "", text)
+        shown = defaults.get(field_name)
+        if isinstance(shown, tuple):
+            shown = ",".join(str(v) for v in shown)
+        help_text = f"{text} (default {shown})" if shown not in (None, "") else text
+        parser.add_argument(flag, dest=field_name, type=kind, default=None, help=help_text)
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="end this session after STEP (with a checkpoint); the schedule "
                              "still spans --steps")

@@ -14,6 +14,7 @@ from torch import nn
 
 from taptr.models.attention import MultiheadAttention
 from taptr.models.common import MLP, inverse_sigmoid, mlp_sequential
+from taptr.models.correlation import LocalCorrelation
 from taptr.models.deformable_attention import KeyAwareDeformableAttention, LevelLayout
 from taptr.models.position_encoding import point_sine_embedding
 
@@ -34,6 +35,9 @@ class WindowInputs:
     tracked: torch.Tensor
     updated: torch.Tensor
     layout: LevelLayout
+    # Correlation update (ours): per level, maps [B*W, C_l, h_l, w_l] and templates [B, N, C_l].
+    correlation_maps: list[torch.Tensor] | None = None
+    templates: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -143,12 +147,15 @@ class PointDecoder(nn.Module):
     """The decoder stack with its shared modules and per-layer heads.
 
     Official names: ref_point_head, query_updater, ca_update_fuser (shared), and per layer
-    bbox_embed -> `position_heads`, class_embed -> `visibility_heads`.
+    bbox_embed -> `position_heads`, class_embed -> `visibility_heads`. `correlation` (ours,
+    optional): a `LocalCorrelation` applied after every layer's position head.
     """
 
     def __init__(self, num_layers, dim, ffn_dim, num_heads, num_levels, num_points,
-                 module_order, num_vis_logits=3, official_compat=False, pe_temperature=10.0):
+                 module_order, num_vis_logits=3, official_compat=False, pe_temperature=10.0,
+                 correlation: LocalCorrelation | None = None):
         super().__init__()
+        self.correlation = correlation
         self.pe_temperature = pe_temperature
         self.layers = nn.ModuleList(
             DecoderLayer(dim, ffn_dim, num_heads, num_levels, num_points, module_order,
@@ -186,7 +193,27 @@ class PointDecoder(nn.Module):
             refinement = torch.where(updated, self.position_heads[index](fused),
                                      torch.zeros((), dtype=fused.dtype, device=fused.device))
             position_logits = refinement + inverse_sigmoid(apu_reference)
-            outputs.append(LayerOutputs(fused, position_logits, apu_reference,
-                                        self.visibility_heads[index](fused)))
+            vis_logits = self.visibility_heads[index](fused)
+            if self.correlation is not None:
+                position_logits, vis_logits = self._correlation_update(position_logits,
+                                                                       vis_logits, inputs)
+            outputs.append(LayerOutputs(fused, position_logits, apu_reference, vis_logits))
             reference = torch.sigmoid(position_logits).detach()
         return outputs
+
+    def _correlation_update(self, position_logits, vis_logits, inputs: WindowInputs):
+        """Our local correlation update (models/correlation.py) on updated frames only."""
+        batch, window, num_points = position_logits.shape[:3]
+        positions = torch.sigmoid(position_logits[..., :2]).flatten(0, 1)  # [BW, N, 2]
+        templates = [t[:, None].expand(batch, window, *t.shape[1:]).flatten(0, 1)
+                     for t in inputs.templates]
+        moved, vis_offset = self.correlation.update(positions, inputs.correlation_maps, templates)
+        moved = moved.view(batch, window, num_points, 2)
+        vis_offset = vis_offset.view(batch, window, num_points, 1)
+        updated = inputs.updated[..., None]
+        moved_logits = torch.cat((inverse_sigmoid(moved), position_logits[..., 2:]), -1)
+        position_logits = torch.where(updated, moved_logits, position_logits)
+        extra = torch.zeros_like(vis_logits)
+        extra[..., 1:2] = vis_offset
+        vis_logits = vis_logits + torch.where(updated, extra, torch.zeros_like(extra))
+        return position_logits, vis_logits

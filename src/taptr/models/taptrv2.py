@@ -15,6 +15,7 @@ from torch import nn
 
 from taptr.config import ModelConfig
 from taptr.models.backbone import build_backbone
+from taptr.models.correlation import LocalCorrelation
 from taptr.models.decoder import PointDecoder
 from taptr.models.deformable_attention import LevelLayout
 from taptr.models.encoder import Encoder
@@ -23,6 +24,20 @@ from taptr.models.windows import TrackStream
 
 # Elements of a temporary tensor (32-bit) the model allows itself before chunking queries.
 CHUNK_BUDGET = 1 << 25
+
+
+@dataclass
+class FrameFeatures:
+    """What the decoder reads of a batch of frames.
+
+    memory: [Nb, S, C] encoder output; layout: its levels; correlation_maps: per correlation
+    level [Nb, C_l, h_l, w_l] unit-norm maps, coarse to fine (None without the correlation
+    update).
+    """
+
+    memory: torch.Tensor
+    layout: LevelLayout
+    correlation_maps: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -75,19 +90,36 @@ class TAPTRv2(nn.Module):
         self.decoder = PointDecoder(config.decoder_layers, dim, config.ffn_dim, config.num_heads,
                                     config.num_levels, config.decoder_points,
                                     config.decoder_module_order, config.num_vis_logits,
-                                    config.official_compat, config.point_pe_temperature)
+                                    config.official_compat, config.point_pe_temperature,
+                                    self._build_correlation(config, self.backbone.stage_channels))
         self.window_updater = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(),
                                             nn.Linear(dim, dim))
         for projection in self.input_proj:
             nn.init.xavier_uniform_(projection[0].weight)
             nn.init.zeros_(projection[0].bias)
 
+    @staticmethod
+    def _build_correlation(config: ModelConfig, stage_channels) -> LocalCorrelation | None:
+        if not config.correlation_stages:
+            return None
+        return LocalCorrelation([stage_channels[s] for s in config.correlation_stages],
+                                config.correlation_radius, pixel_patch=config.correlation_patch)
+
     # ------------------------------------------------------------------ per-frame features
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, LevelLayout]:
         """frames [Nb, 3, H, W] normalised -> (memory [Nb, S, C], level layout)."""
+        features = self.encode(frames)
+        return features.memory, features.layout
+
+    def encode(self, frames: torch.Tensor) -> FrameFeatures:
+        """frames [Nb, 3, H, W] normalised -> `FrameFeatures` (memory and correlation maps)."""
         if getattr(self, "backbone_channels_last", False):
             frames = frames.contiguous(memory_format=torch.channels_last)
         stages = [stage.contiguous() for stage in self.backbone(frames)]
+        correlation = self.decoder.correlation
+        correlation_maps = (correlation.maps([stages[s] for s in self.config.correlation_stages],
+                                             frames)
+                            if correlation is not None else None)
         maps = [self.input_proj[i](stages[s]) for i, s in enumerate(self.config.backbone_stages)]
         for projection in self.input_proj[len(maps):]:
             source = stages[-1] if len(maps) == len(self.config.backbone_stages) else maps[-1]
@@ -106,7 +138,8 @@ class TAPTRv2(nn.Module):
         token_pos = torch.cat(token_pos, 1)
         samples = self.config.num_heads * self.config.encoder_points * self.config.num_levels
         chunk = max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
-        return self.encoder(tokens, token_pos, layout, chunk), layout
+        return FrameFeatures(self.encoder(tokens, token_pos, layout, chunk), layout,
+                             correlation_maps)
 
     def query_features(self, memory: torch.Tensor, layout: LevelLayout,
                        points: torch.Tensor) -> torch.Tensor:
@@ -169,9 +202,18 @@ class TAPTRv2(nn.Module):
 
 
 def build_model(config: ModelConfig | str) -> TAPTRv2:
-    """A randomly initialised TAPTRv2 for a config or preset name."""
+    """A randomly initialised TAPTRv2 for a config or preset name.
+
+    Presets with `initialisation="tracking"` get `init_for_tracking` (ours) on top of the
+    official initialisation.
+    """
     if isinstance(config, str):
         from taptr.config import get_preset
 
         config = get_preset(config)
-    return TAPTRv2(config)
+    model = TAPTRv2(config)
+    if config.initialisation == "tracking":
+        from taptr.models.init_tracking import init_for_tracking
+
+        init_for_tracking(model)
+    return model

@@ -81,6 +81,7 @@ class _Queries:
     frames: torch.Tensor  # [B, N] int64
     initialised: torch.Tensor  # [B, N] bool: content sampled from the query frame
     initial_content: torch.Tensor  # [B, N, C]
+    templates: list[torch.Tensor]  # per correlation level [B, N, C_l] (ours; empty without)
 
 
 class TrackStream:
@@ -114,12 +115,14 @@ class TrackStream:
         self.frames: list[FrameState] = []  # frames [self.emitted - len(self.frames) ..)
         self.first_buffered = 0
         self.memory: dict[int, torch.Tensor] = {}
+        self.correlation_maps: dict[int, list[torch.Tensor]] = {}  # ours, per held frame
         self.layout = None
         self.queries = _Queries(
             torch.zeros(self.batch, 0, 2, device=self.device, dtype=self.dtype),
             torch.zeros(self.batch, 0, dtype=torch.long, device=self.device),
             torch.zeros(self.batch, 0, dtype=torch.bool, device=self.device),
-            torch.zeros(self.batch, 0, config.hidden_dim, device=self.device, dtype=self.dtype))
+            torch.zeros(self.batch, 0, config.hidden_dim, device=self.device, dtype=self.dtype),
+            [])
         self.future = self._initial_state(self.queries.points)
         self.add_queries(query_points, query_frames)
 
@@ -157,12 +160,15 @@ class TrackStream:
         self.frames = [state.extended(new_state) for state in self.frames]
         self.future = self.future.extended(new_state)
         count = query_points.shape[1]
+        templates = [torch.cat((t, t.new_zeros(self.batch, count, t.shape[-1])), 1)
+                     for t in self.queries.templates]
         self.queries = _Queries(
             torch.cat((self.queries.points, query_points), 1),
             torch.cat((self.queries.frames, query_frames), 1),
             torch.cat((self.queries.initialised,
                        torch.zeros(self.batch, count, dtype=torch.bool, device=self.device)), 1),
-            torch.cat((self.queries.initial_content, new_state.content), 1))
+            torch.cat((self.queries.initial_content, new_state.content), 1),
+            templates)
         for frame in sorted(self.memory):
             self._initialise_queries(frame)
 
@@ -175,6 +181,13 @@ class TrackStream:
         mask = starting[..., None]
         initial = torch.where(mask, features, self.queries.initial_content)
         self.queries.initial_content = initial
+        if frame in self.correlation_maps:
+            correlation = self.model.decoder.correlation
+            read = correlation.templates(self.correlation_maps[frame], self.queries.points)
+            if not self.queries.templates:
+                self.queries.templates = [torch.zeros_like(t) for t in read]
+            self.queries.templates = [torch.where(mask, new, old) for new, old
+                                      in zip(read, self.queries.templates)]
         self.queries.initialised = self.queries.initialised | starting
         self.frames = [FrameState(s.position_logits, s.apu_logits, s.vis_logits,
                                   torch.where(mask, initial, s.content)) for s in self.frames]
@@ -192,11 +205,16 @@ class TrackStream:
         frames = frames.to(self.device, self.dtype)
         for start in range(0, frames.shape[1], self.window_size):
             chunk = frames[:, start:start + self.window_size]
-            memory, self.layout = self.model.encode_frames(chunk.flatten(0, 1))
-            memory = memory.view(self.batch, chunk.shape[1], *memory.shape[1:])
+            features = self.model.encode(chunk.flatten(0, 1))
+            self.layout = features.layout
+            memory = features.memory.view(self.batch, chunk.shape[1], *features.memory.shape[1:])
+            maps = [m.view(self.batch, chunk.shape[1], *m.shape[1:])
+                    for m in features.correlation_maps or []]
             for offset in range(chunk.shape[1]):
                 frame = self.received
                 self.memory[frame] = memory[:, offset]
+                if maps:
+                    self.correlation_maps[frame] = [m[:, offset] for m in maps]
                 self.frames.append(self.future)
                 self.received += 1
                 self._initialise_queries(frame)
@@ -256,6 +274,11 @@ class TrackStream:
         reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
         memory = torch.stack([self.memory[f] for f in range(start, end)], 1).flatten(0, 1)
         inputs = WindowInputs(content, reference, memory, tracked, updated, self.layout)
+        if self.correlation_maps:
+            inputs.correlation_maps = [
+                torch.stack([self.correlation_maps[f][level] for f in range(start, end)], 1)
+                .flatten(0, 1) for level in range(len(self.queries.templates))]
+            inputs.templates = self.queries.templates
         layers = self.model.decoder(inputs, self.point_chunk)
         write = updated[None, ..., None]  # [1, B, W, N, 1]
         old_positions = torch.stack([s.position_logits for s in states], 2)
@@ -307,3 +330,4 @@ class TrackStream:
             self.first_buffered = keep_from
         for frame in [f for f in self.memory if f < keep_from]:
             del self.memory[frame]
+            self.correlation_maps.pop(frame, None)

@@ -12,6 +12,8 @@ Held-out clips: synthetic scenes from a seed no training process draws from, tex
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -20,25 +22,41 @@ from taptr.config import ModelConfig
 from taptr.errors import TaptrError
 from taptr.training.data import derive_seed
 
-HELDOUT_STREAM = "heldout"
+VALIDATION_SEED = 20261130
 
 
 def _clip_size(config, model_config: ModelConfig) -> tuple[int, int]:
     return tuple(config.clip_size) if config.clip_size else tuple(model_config.input_size)
 
 
+@dataclass(frozen=True)
+class DifficultyRamp:
+    """Curriculum: clip `index` gets difficulty start + (end - start) * min(1, index / clips)."""
+
+    start: float
+    end: float
+    clips: int
+
+    def __call__(self, index: int) -> float:
+        if self.clips <= 0:
+            return self.end
+        return self.start + (self.end - self.start) * min(1.0, index / self.clips)
+
+
 class SyntheticClips:
     """Synthetic scenes: clip `index` rendered from derive_seed(seed, index) on `device`.
 
     `batch(indices)` renders several clips in one pass (faster on a GPU); it gives the same
-    clips as calling the source on each index.
+    clips as calling the source on each index. With a `ramp` (curriculum) the difficulty of
+    clip `index` is `ramp(index)`.
     """
 
     def __init__(self, scene_config, seed: int, device: torch.device | str = "cpu",
-                 textures=None):
+                 textures=None, ramp: DifficultyRamp | None = None):
         self.scene_config = scene_config
         self.seed = int(seed)
         self.device = torch.device(device)
+        self.ramp = ramp
         self._textures = textures
         self._generator = None  # built lazily: DataLoader workers build their own
 
@@ -57,10 +75,20 @@ class SyntheticClips:
     def clip_seed(self, index: int) -> int:
         return derive_seed(self.seed, int(index))
 
+    def _set_difficulty(self, index: int) -> None:
+        from taptr.data.synthetic_config import SceneRanges
+
+        config = dataclasses.replace(self.scene_config, difficulty=self.ramp(index))
+        self._scene_generator().ranges = SceneRanges.from_config(config)
+
     def __call__(self, index: int):
+        if self.ramp is not None:
+            self._set_difficulty(index)
         return self._scene_generator().generate(self.clip_seed(index))
 
     def batch(self, indices: Sequence[int]) -> list:
+        if self.ramp is not None:
+            return [self(i) for i in indices]
         return self._scene_generator().generate_batch([self.clip_seed(i) for i in indices])
 
 
@@ -77,8 +105,13 @@ def build_clip_source(config, model_config: ModelConfig, data_seed: int,
                       device: torch.device):
     """The training clip source of one process (its own `data_seed`)."""
     if config.data == "synthetic":
+        ramp = None
+        if config.curriculum_steps > 0:
+            ramp = DifficultyRamp(config.difficulty_start,
+                                  scene_config(config, model_config, None, "all").difficulty,
+                                  config.curriculum_steps * config.batch * config.grad_accum)
         return SyntheticClips(scene_config(config, model_config, config.textures, "train"),
-                              data_seed, device)
+                              data_seed, device, ramp=ramp)
     if config.data.startswith("kubric:"):
         return _kubric_source(config, model_config, data_seed)
     raise TaptrError(f"unknown data source {config.data!r}")
@@ -92,10 +125,11 @@ def _kubric_source(config, model_config: ModelConfig, data_seed: int):
                        num_frames=config.clip_length, num_points=config.num_points)
 
 
-def build_eval_samples(config, model_config: ModelConfig, device: torch.device) -> list:
-    """The held-out clips (rendered once at the start of a run)."""
-    from taptr.data.synthetic import SceneGenerator
+def build_eval_samples(config, model_config: ModelConfig, device: torch.device) -> dict:
+    """The validation sets (`curves.VALIDATION_SETS`, named by `config.eval_sets`), rendered
+    once at the start of a run: name -> list of TrackingSample."""
     from taptr.data.textures import TextureLibrary
+    from taptr.training.curves import build_validation_sets
 
     if config.eval_textures:
         library = TextureLibrary.load(config.eval_textures, split="all")
@@ -103,7 +137,6 @@ def build_eval_samples(config, model_config: ModelConfig, device: torch.device) 
         library = TextureLibrary.load(config.textures, split="heldout")
     else:
         library = TextureLibrary.empty()
-    scenes = scene_config(config, model_config, None, "all")
-    generator = SceneGenerator(scenes, library, device)
-    seeds = [derive_seed(config.seed, HELDOUT_STREAM, clip) for clip in range(config.eval_clips)]
-    return [generator.generate(seed) for seed in seeds]
+    # A fixed seed (not the run's): every run is scored on the same clips.
+    return build_validation_sets(config.eval_sets, config.eval_clips, VALIDATION_SEED, library,
+                                 device)

@@ -40,15 +40,27 @@ def score_sample(sample, positions: torch.Tensor, visible_probability: torch.Ten
     predicted_pixels = coords.model_to_pixel(
         positions[:, :num_points].float().cpu(), (width, height), (input_size[1], input_size[0])
     )
+    return score_pixels(sample, predicted_pixels, visible_probability[:, :num_points])
+
+
+def score_pixels(sample, predicted_pixels: torch.Tensor,
+                 visible_probability: torch.Tensor) -> dict[str, float]:
+    """TAP-Vid metrics (first mode, 256x256 metric frame) of predicted tracks of one clip.
+
+    predicted_pixels: [T, N, 2] (x, y) pixels of the clip; visible_probability: [T, N]
+    (visible where > 0.5).
+    """
+    height, width = int(sample.video.shape[1]), int(sample.video.shape[2])
     gt_pixels = torch.as_tensor(_to_numpy(sample.tracks), dtype=torch.float32)
     video_size = (width, height)
     gt_metric = _to_numpy(coords.pixel_to_metric(gt_pixels, video_size)).transpose(1, 0, 2)
-    pred_metric = _to_numpy(coords.pixel_to_metric(predicted_pixels, video_size)).transpose(1, 0, 2)
+    pred_metric = _to_numpy(coords.pixel_to_metric(predicted_pixels.float().cpu(),
+                                                   video_size)).transpose(1, 0, 2)
     query_frames = _to_numpy(sample.query_frames).astype(np.float64)
     query_points = np.stack([query_frames, np.zeros_like(query_frames),
                              np.zeros_like(query_frames)], axis=-1)  # (t, y, x); only t is read
     gt_occluded = ~_to_numpy(sample.visible).astype(bool).T
-    pred_occluded = (_to_numpy(visible_probability[:, :num_points].float()) <= 0.5).T
+    pred_occluded = (_to_numpy(visible_probability.float()) <= 0.5).T
     metrics = compute_tapvid_metrics(query_points[None], gt_occluded[None], gt_metric[None],
                                      pred_occluded[None], pred_metric[None], query_mode="first")
     return {short: float(metrics[key][0]) for short, key in METRIC_KEYS.items()}

@@ -1,0 +1,248 @@
+"""Local correlation position update: our addition to TAPTRv2 (not in the paper).
+
+The paper's decoder finds a point only through its key-aware attention, whose logits act as a
+sparse cost volume (TAPTRv2 section 3.3). That signal exists only once the projections have been
+trained. Our small presets add an explicit, dense one, as RAFT, PIPs++ and CoTracker do: after
+each decoder layer, at the layer's position estimate in every window frame, the point's template
+(a feature vector read at its query position in its query frame) is correlated with a
+(2r+1) x (2r+1) grid of features around the estimate, at each correlation level from coarse to
+fine. A soft-argmax of the correlation moves the point; a small MLP over the same correlation
+values adds a learned residual and a visibility logit. With the ImageNet backbone and the
+initialisation of `init_for_tracking` (identity projections, zero MLP output) the untrained
+model is an iterative, coarse-to-fine template matcher: it tracks at step 0, and training
+refines it.
+
+Correlation maps are backbone stages (strides 4 and 8 for MobileNetV2) through a 1x1
+projection, L2-normalised per pixel, so correlations are cosine similarities. An optional last,
+finest level works on the network's input image itself: its descriptors are (2p+1)^2 RGB
+patches, made zero-mean and unit-norm, so its correlation is the classical normalised
+cross-correlation (NCC) of template matching, at one input pixel per step. It gives the
+sub-pixel precision that stride-4 features cannot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# Initial softmax sharpness (multiplies cosine similarity / NCC). Measured on the easy
+# validation set at step 0 (docs/training_runs/README.md): sharper is more precise, because a
+# soft-argmax over a flat window is pulled towards its centre.
+FEATURE_SCALE = 200.0
+PIXEL_SCALE = 1000.0
+# Motion prior: the softmax logits lose prior * (offset in level pixels)^2. On the stride-8
+# level it stops jumps to a slightly better match far away (easy set, within 8 px: 0.84 ->
+# 0.91); the pixel level needs none.
+FEATURE_PRIOR = 3.0
+# Visibility at step 0: + gain * (best pixel-level NCC - threshold); a poor match is called
+# occluded, which also takes lost tracks out of the Jaccard's false positives.
+PEAK_GAIN = 10.0
+PEAK_THRESHOLD = 0.5
+
+
+def window_offsets(radius: int, device=None, dtype=None) -> torch.Tensor:
+    """[K, 2] (dx, dy) integer offsets of a (2r+1)^2 grid, row-major (K = (2r+1)^2)."""
+    steps = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    return torch.stack((dx.flatten(), dy.flatten()), -1)
+
+
+def sample_map(feature_map: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of feature maps at model coordinates (zero outside the map).
+
+    feature_map: [Nb, C, h, w]; locations: [Nb, Q, K, 2] (u, v), read at level pixel
+    (u * w - 0.5, v * h - 0.5) like the deformable attention. returns [Nb, Q, K, C].
+    """
+    samples = F.grid_sample(feature_map, 2 * locations - 1, mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+    return samples.permute(0, 2, 3, 1)
+
+
+def patch_descriptors(image: torch.Tensor, locations: torch.Tensor,
+                      patch_radius: int) -> torch.Tensor:
+    """Zero-mean, unit-norm RGB patches of an image around arbitrary locations (for NCC).
+
+    image: [Nb, 3, H, W]; locations: [Nb, Q, K, 2] model coordinates.
+    returns [Nb, Q, K, 3 * (2p+1)^2], each patch ordered (channel, row, column).
+    The reference for `window_patch_descriptors`, which gives the same values faster.
+    """
+    size = locations.new_tensor([image.shape[-1], image.shape[-2]])
+    taps = window_offsets(patch_radius, locations.device, locations.dtype) / size  # [P, 2]
+    batch, queries, count, _ = locations.shape
+    spots = (locations[:, :, :, None, :] + taps).flatten(2, 3)  # [Nb, Q, K*P, 2]
+    patches = sample_map(image, spots).reshape(batch, queries, count, -1, image.shape[1])
+    return _zero_mean_unit(patches.transpose(-1, -2).flatten(-2))
+
+
+def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius: int,
+                             patch_radius: int) -> torch.Tensor:
+    """`patch_descriptors` at every offset of `window_offsets(radius)` around anchors.
+
+    All (2r+1)^2 patches lie on one (2r+2p+1)^2 grid of input pixels, so that grid is sampled
+    once and cut into patches (`F.unfold`): (2r+1)^2 (2p+1)^2 bilinear reads become
+    (2r+2p+1)^2, with the same values (every read is at the anchor plus whole pixels).
+    image: [Nb, 3, H, W]; anchors: [Nb, Q, 2] -> [Nb, Q, (2r+1)^2, 3 (2p+1)^2].
+    """
+    batch, queries, _ = anchors.shape
+    side = 2 * (radius + patch_radius) + 1
+    size = anchors.new_tensor([image.shape[-1], image.shape[-2]])
+    grid = anchors[:, :, None, :] + window_offsets(radius + patch_radius, anchors.device,
+                                                   anchors.dtype) / size
+    region = sample_map(image, grid)  # [Nb, Q, side*side, 3]
+    region = region.reshape(batch * queries, side, side, -1).permute(0, 3, 1, 2)
+    patches = F.unfold(region, 2 * patch_radius + 1)  # [Nb*Q, 3 (2p+1)^2, (2r+1)^2]
+    patches = patches.transpose(1, 2).reshape(batch, queries, (2 * radius + 1) ** 2, -1)
+    return _zero_mean_unit(patches)
+
+
+def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sub-pixel peak of a (2r+1)^2 window of scores: the best offset, moved by the vertex of
+    the parabola through it and its two neighbours along x and along y (at most half a pixel).
+
+    logits: [..., (2r+1)^2] row-major (as `window_offsets`) -> [..., 2] (dx, dy) offsets.
+    Differentiable in the scores (not in the choice of the best offset). A peak on the window's
+    border is refined with its inner neighbours only (parabola through the border clamped).
+    This is how classical template matching reaches sub-pixel precision; a soft-argmax over
+    the window is pulled towards its centre.
+    """
+    side = 2 * radius + 1
+    best = logits.argmax(-1)
+    row = torch.div(best, side, rounding_mode="floor").clamp(1, side - 2)
+    col = (best % side).clamp(1, side - 2)
+
+    def score(d_row: int, d_col: int) -> torch.Tensor:
+        return logits.gather(-1, ((row + d_row) * side + col + d_col)[..., None])[..., 0]
+
+    centre = score(0, 0)
+
+    def vertex(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        curvature = before - 2 * centre + after  # negative at a maximum
+        safe = curvature.clamp(max=-1e-6)
+        shift = 0.5 * (before - after) / safe
+        return torch.where(curvature < -1e-6, shift, torch.zeros_like(shift)).clamp(-0.5, 0.5)
+
+    dx = (col - radius).to(logits.dtype) + vertex(score(0, -1), score(0, 1))
+    dy = (row - radius).to(logits.dtype) + vertex(score(-1, 0), score(1, 0))
+    return torch.stack((dx, dy), -1)
+
+
+def _zero_mean_unit(patches: torch.Tensor) -> torch.Tensor:
+    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
+
+
+class LocalCorrelation(nn.Module):
+    """Correlation maps, templates and the coarse-to-fine correlation update.
+
+    stage_channels: channels of the backbone stages used, ordered coarse to fine; every level
+    keeps its channel count. radius: r of the (2r+1)^2 search grid, in level pixels.
+    pixel_patch: p > 0 adds the finest level, NCC of (2p+1)^2 patches of the input image.
+    Parameters: `projections.{i}` (1x1 convs), `log_scale` (softmax sharpness per level),
+    `motion_prior` (per level), `peak_gain`, `peak_threshold` (pixel-level visibility),
+    `residual.{i}` (MLP: correlation -> (dx, dy) in level pixels, visibility logit).
+    """
+
+    def __init__(self, stage_channels: list[int], radius: int, hidden_dim: int = 64,
+                 initial_scale: float = FEATURE_SCALE, pixel_patch: int = 0,
+                 pixel_scale: float = PIXEL_SCALE):
+        super().__init__()
+        self.radius = radius
+        self.pixel_patch = pixel_patch
+        taps = (2 * radius + 1) ** 2
+        levels = len(stage_channels) + (1 if pixel_patch else 0)
+        self.projections = nn.ModuleList(nn.Conv2d(c, c, 1) for c in stage_channels)
+        self.initial_scales = [initial_scale] * len(stage_channels) + (
+            [pixel_scale] if pixel_patch else [])
+        self.log_scale = nn.Parameter(torch.tensor(self.initial_scales).log())
+        self.initial_priors = [FEATURE_PRIOR] * len(stage_channels) + ([0.0] if pixel_patch else [])
+        self.motion_prior = nn.Parameter(torch.tensor(self.initial_priors))
+        self.peak_gain = nn.Parameter(torch.tensor(PEAK_GAIN if pixel_patch else 0.0))
+        self.peak_threshold = nn.Parameter(torch.tensor(PEAK_THRESHOLD))
+        self.residual = nn.ModuleList(
+            nn.Sequential(nn.Linear(taps, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 3))
+            for _ in range(levels))
+        self.reset_parameters()
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.log_scale)
+
+    def _is_pixel_level(self, level: int) -> bool:
+        return bool(self.pixel_patch) and level == self.num_levels - 1
+
+    def reset_parameters(self) -> None:
+        """Identity projections, the initial scales and zero residuals: a pure template
+        matcher."""
+        with torch.no_grad():
+            self.log_scale.copy_(torch.tensor(self.initial_scales).log())
+            self.motion_prior.copy_(torch.tensor(self.initial_priors))
+            self.peak_gain.fill_(PEAK_GAIN if self.pixel_patch else 0.0)
+            self.peak_threshold.fill_(PEAK_THRESHOLD)
+            for projection in self.projections:
+                channels = projection.weight.shape[0]
+                projection.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+                projection.bias.zero_()
+            for mlp in self.residual:
+                nn.init.kaiming_uniform_(mlp[0].weight, a=math.sqrt(5))
+                nn.init.zeros_(mlp[0].bias)
+                nn.init.zeros_(mlp[2].weight)
+                nn.init.zeros_(mlp[2].bias)
+
+    def maps(self, stages: list[torch.Tensor], frames: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone stages [Nb, C_i, h_i, w_i] (coarse to fine) and the input frames
+        [Nb, 3, H, W] -> per level: normalised feature maps (same shapes), then the frames
+        themselves for the pixel level."""
+        maps = [F.normalize(projection(stage.to(projection.weight.dtype)), dim=1)
+                for projection, stage in zip(self.projections, stages)]
+        if self.pixel_patch:
+            maps.append(frames.float().contiguous())
+        return maps
+
+    def templates(self, maps: list[torch.Tensor], points: torch.Tensor) -> list[torch.Tensor]:
+        """Templates of points [Nb, N, 2] (model coordinates) -> per level [Nb, N, D] (unit)."""
+        templates = []
+        for level, feature_map in enumerate(maps):
+            if self._is_pixel_level(level):
+                read = window_patch_descriptors(feature_map, points, 0, self.pixel_patch)
+            else:
+                read = sample_map(feature_map, points[:, :, None])
+            templates.append(F.normalize(read[:, :, 0], dim=-1))
+        return templates
+
+    def update(self, positions: torch.Tensor, maps: list[torch.Tensor],
+               templates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move points by correlation, coarse to fine.
+
+        positions: [Nb, N, 2] model coordinates (the gradient does not flow into them);
+        maps: per level [Nb, C, h, w]; templates: per level [Nb, N, C].
+        returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]).
+        """
+        offsets = window_offsets(self.radius, positions.device, positions.dtype)  # [K, 2]
+        distance2 = offsets.pow(2).sum(-1)  # [K]
+        visibility = positions.new_zeros(positions.shape[:-1])
+        current = positions
+        for level, (feature_map, template) in enumerate(zip(maps, templates)):
+            size = positions.new_tensor([feature_map.shape[-1], feature_map.shape[-2]])  # (w, h)
+            anchor = current.detach()
+            if self._is_pixel_level(level):
+                samples = window_patch_descriptors(feature_map, anchor, self.radius,
+                                                   self.pixel_patch)  # [Nb, N, K, D]
+            else:
+                samples = sample_map(feature_map, anchor[:, :, None, :] + offsets / size)
+            correlation = (samples * template[:, :, None, :]).sum(-1)  # [Nb, N, K]
+            logits = correlation * self.log_scale[level].exp() - self.motion_prior[level] * distance2
+            if self._is_pixel_level(level):
+                expected = peak_subpixel(logits, self.radius)  # level pixels
+            else:
+                expected = (logits.softmax(-1)[..., None] * offsets).sum(-2)
+            learned = self.residual[level](correlation)
+            shift = (expected + learned[..., :2]) / size
+            current = anchor + shift
+            visibility = visibility + learned[..., 2]
+            if self._is_pixel_level(level):
+                peak = correlation.max(-1).values
+                visibility = visibility + self.peak_gain * (peak - self.peak_threshold)
+        return current, visibility

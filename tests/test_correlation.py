@@ -1,0 +1,211 @@
+"""Our additions for learning on a CPU: the local correlation update, the tracking
+initialisation (the untrained model tracks), the curriculum, validation curves, --max-minutes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from taptr.config import get_preset
+from taptr.data.sample import TrackingSample
+from taptr.models import build_model
+from taptr.models.correlation import LocalCorrelation, window_offsets
+from taptr.training.curves import baseline_scores, curve_table
+from taptr.training.distributed import DistributedContext
+from taptr.training.sources import DifficultyRamp
+from taptr.training.trainer import Trainer, TrainConfig
+
+CPU = DistributedContext(device=torch.device("cpu"))
+
+
+def translated_texture(frames: int, size: int, velocity: tuple[float, float],
+                       seed: int = 0) -> torch.Tensor:
+    """[T, 3, size, size] in [0, 1]: a smooth random texture sliding by `velocity` px/frame."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, size // 8 + 8, size // 8 + 8, generator=generator)
+    texture = F.interpolate(coarse, size=(2 * size, 2 * size), mode="bicubic",
+                            align_corners=False)
+    out = []
+    for t in range(frames):
+        # Half of the texture is in view; shifting the grid by d/size moves content by -d px.
+        theta = torch.tensor([[[0.5, 0.0, velocity[0] * t / size],
+                               [0.0, 0.5, velocity[1] * t / size]]])
+        grid = F.affine_grid(theta, (1, 3, size, size), align_corners=False)
+        out.append(F.grid_sample(texture, grid, align_corners=False))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("velocity", [(2.0, 1.0), (-1.0, 2.5)])
+def test_the_untrained_small_model_follows_a_translated_texture(velocity):
+    """Step-0 behaviour of `init_for_tracking` (even with a random backbone)."""
+    frames, size = 16, 128
+    torch.manual_seed(0)
+    model = build_model(get_preset("small").replace(input_size=(size, size))).eval()
+    video = (translated_texture(frames, size, velocity) - 0.45) / 0.25
+    axis = torch.linspace(0.35, 0.65, 4)
+    queries = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, 16, 2)
+    with torch.no_grad():
+        output = model(video[None], queries, torch.zeros(1, 16, dtype=torch.long))
+    motion = -torch.tensor(velocity) * torch.arange(frames)[:, None]  # [T, 2] pixels
+    truth = queries[0][None] * size + motion[:, None]  # [T, N, 2]
+    tracked_error = (output.positions[0] * size - truth).norm(dim=-1)[-1].median()
+    still_error = (queries[0][None] * size - truth).norm(dim=-1)[-1].median()
+    assert still_error > 25
+    assert tracked_error < 0.2 * still_error, (tracked_error, still_error)
+    # A point followed on clean texture matches its template: called visible.
+    assert float((output.visibility[0] > 0.5).float().mean()) > 0.9
+
+
+def test_correlation_update_finds_the_template_in_its_window():
+    torch.manual_seed(1)
+    height, width, channels = 12, 16, 32
+    feature_map = F.normalize(torch.randn(1, channels, height, width), dim=1)
+    correlation = LocalCorrelation([channels], radius=3, initial_scale=200.0)
+    target = torch.tensor([9.0, 5.0])  # level pixel (x, y)
+    template = feature_map[0, :, 5, 9][None, None]  # [1, 1, C]
+    start = (target + torch.tensor([2.0, -1.0]) + 0.5) / torch.tensor([width, height])
+    moved, visibility = correlation.update(start[None, None], [feature_map], [template])
+    found = moved[0, 0] * torch.tensor([width, height]) - 0.5
+    assert torch.allclose(found, target, atol=0.05), found
+    assert visibility.shape == (1, 1) and float(visibility.detach().abs().max()) == 0.0  # zero residual at init
+
+
+def test_window_offsets_cover_the_square_row_major():
+    offsets = window_offsets(1)
+    assert offsets.tolist() == [[-1, -1], [0, -1], [1, -1], [-1, 0], [0, 0], [1, 0],
+                                [-1, 1], [0, 1], [1, 1]]
+
+
+def test_the_paper_preset_has_no_additions():
+    config = get_preset("taptrv2")
+    assert config.correlation_stages == () and config.initialisation == "detr"
+    tiny = build_model("tiny")
+    assert tiny.decoder.correlation is None
+    assert not any("correlation" in name for name in tiny.state_dict())
+
+
+def test_stream_with_correlation_equals_offline():
+    config = get_preset("tiny").replace(correlation_stages=(2, 1), initialisation="tracking")
+    torch.manual_seed(3)
+    model = build_model(config).eval()
+    with torch.no_grad():  # a soft softmax: on noise video, sharp ones turn rounding into ties
+        model.decoder.correlation.log_scale.fill_(3.0)
+    generator = torch.Generator().manual_seed(4)
+    frames = 14
+    video = torch.randn(1, frames, 3, *config.input_size, generator=generator)
+    points = torch.rand(1, 5, 2, generator=generator)
+    query_frames = torch.tensor([[0, 2, 5, 9, 0]])
+    with torch.no_grad():
+        offline = model(video, points, query_frames)
+        stream = model.stream(points, query_frames, num_frames=frames)
+        chunks = [stream.push(video[:, t:t + 1]) for t in range(frames)] + [stream.finish()]
+        assert len(stream.correlation_maps) <= config.window_size + config.window_stride
+        late = model.stream(points[:, :3], query_frames[:, :3], num_frames=frames)
+        late.push(video[:, :7])
+        late.add_queries(points[:, 3:4], torch.tensor([[9]]))  # a template read mid-stream
+        tail = [late.push(video[:, 7:]), late.finish()]
+        reference = model(video, points[:, :4], torch.tensor([[0, 2, 5, 9]]))
+    streamed = torch.cat([c.positions for c in chunks if c is not None], 1)
+    # The sharp correlation softmax amplifies float rounding of differently batched convs.
+    assert torch.allclose(streamed, offline.positions, atol=1e-4)
+    tail = torch.cat([c.positions for c in tail if c is not None], 1)
+    assert torch.allclose(tail[:, :, 3], reference.positions[:, -tail.shape[1]:, 3], atol=1e-4)
+
+
+def test_difficulty_ramp_rises_linearly_then_holds():
+    ramp = DifficultyRamp(0.2, 0.6, clips=100)
+    assert ramp(0) == pytest.approx(0.2) and ramp(50) == pytest.approx(0.4)
+    assert ramp(100) == pytest.approx(0.6) and ramp(10_000) == pytest.approx(0.6)
+    assert DifficultyRamp(0.2, 0.6, clips=0)(0) == pytest.approx(0.6)
+
+
+def still_sample(frames: int = 6, points: int = 5) -> TrackingSample:
+    generator = torch.Generator().manual_seed(0)
+    video = (torch.rand(frames, 32, 48, 3, generator=generator) * 255).to(torch.uint8)
+    tracks = (torch.rand(points, 2, generator=generator) * torch.tensor([40.0, 24.0]) + 4)
+    return TrackingSample(video=video, tracks=tracks[None].repeat(frames, 1, 1),
+                          visible=torch.ones(frames, points, dtype=torch.bool),
+                          query_frames=torch.zeros(points, dtype=torch.long), name="still")
+
+
+def test_baselines_score_a_still_scene_perfectly():
+    scores = baseline_scores([still_sample()], trackers=("static",))
+    assert scores["static"]["AJ"] == pytest.approx(1.0)
+    assert scores["static"]["OA"] == pytest.approx(1.0)
+
+
+def tiny_run(tmp_path, **changes) -> TrainConfig:
+    values = dict(preset="tiny", out=str(tmp_path / "run"), steps=50, clip_length=8,
+                  num_points=8, warmup_steps=1, eval_every=0, log_every=1, ckpt_every=1000,
+                  export_every=1000, progress=False, device="cpu", curriculum_steps=0)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+class StillClips:
+    def __call__(self, index: int) -> TrackingSample:
+        return still_sample(frames=8, points=8)
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_an_export(tmp_path):
+    trainer = Trainer(tiny_run(tmp_path, max_minutes=1e-4), clip_source=StillClips(),
+                      context=CPU)
+    result = trainer.run()
+    assert 1 <= result.step < 50 and not result.interrupted
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert (tmp_path / "run" / "ema.safetensors").is_file()
+
+
+def test_max_minutes_on_the_command_line(tmp_path, capsys):
+    from taptr.cli import main as cli_main
+
+    code = cli_main(["train", "--preset", "tiny", "--out", str(tmp_path / "cli"), "--steps", "50",
+                     "--clip-length", "8", "--num-points", "8", "--eval-every", "0",
+                     "--curriculum-steps", "0", "--max-minutes", "0.0001", "--no-progress",
+                     "--device", "cpu"])
+    assert code == 0
+    assert "done: step" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "ema.safetensors").is_file()
+
+
+def test_validation_curve_rows_and_table(tmp_path):
+    sets = {"easy": [still_sample()], "medium": [still_sample()]}
+    config = tiny_run(tmp_path, steps=2, eval_every=2)
+    trainer = Trainer(config, clip_source=StillClips(), eval_samples=sets, context=CPU)
+    result = trainer.run()
+    assert {"AJ", "easy_AJ", "medium_AJ"} <= set(result.last_eval)
+    (tmp_path / "run" / "baselines.json").write_text(json.dumps(
+        {name: {"static": {"AJ": 1.0}} for name in sets}))
+    table = curve_table(tmp_path / "run")
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| step | CPU min | clips | AJ easy | AJ medium |")
+    assert lines[2].startswith("| static |")
+    assert [line.split("|")[1].strip() for line in lines[3:]] == ["0", "2"]
+
+
+def test_window_patches_equal_patches_read_one_by_one():
+    from taptr.models.correlation import patch_descriptors, window_patch_descriptors
+
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randn(2, 3, 20, 24, generator=generator)
+    anchors = torch.rand(2, 5, 2, generator=generator)
+    radius, patch = 2, 1
+    fast = window_patch_descriptors(image, anchors, radius, patch)
+    size = torch.tensor([24.0, 20.0])
+    locations = anchors[:, :, None, :] + window_offsets(radius) / size
+    slow = patch_descriptors(image, locations, patch)
+    assert fast.shape == (2, 5, 25, 27)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("vertex", [(0.3, -0.2), (-1.4, 2.25), (0.0, 0.0)])
+def test_peak_subpixel_finds_the_vertex_of_a_paraboloid(vertex):
+    from taptr.models.correlation import peak_subpixel
+
+    offsets = window_offsets(3)
+    scores = -((offsets - torch.tensor(vertex)) ** 2).sum(-1)  # peak exactly at `vertex`
+    found = peak_subpixel(scores[None], radius=3)[0]
+    assert torch.allclose(found, torch.tensor(vertex), atol=1e-5), found
