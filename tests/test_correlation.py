@@ -209,3 +209,16 @@ def test_peak_subpixel_finds_the_vertex_of_a_paraboloid(vertex):
     scores = -((offsets - torch.tensor(vertex)) ** 2).sum(-1)  # peak exactly at `vertex`
     found = peak_subpixel(scores[None], radius=3)[0]
     assert torch.allclose(found, torch.tensor(vertex), atol=1e-5), found
+
+
+def test_window_ncc_equals_the_dot_products_of_materialised_patches():
+    from taptr.models.correlation import window_ncc, window_patch_descriptors
+
+    generator = torch.Generator().manual_seed(5)
+    image = torch.randn(2, 3, 20, 24, generator=generator)
+    anchors = torch.rand(2, 4, 2, generator=generator)
+    template = window_patch_descriptors(image, torch.rand(2, 4, 2, generator=generator), 0, 2)
+    template = template[:, :, 0]
+    patches = window_patch_descriptors(image, anchors, 3, 2)
+    expected = (patches * template[:, :, None]).sum(-1)
+    assert torch.allclose(window_ncc(image, anchors, template, 3, 2), expected, atol=1e-5)

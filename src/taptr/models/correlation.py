@@ -99,6 +99,39 @@ def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius:
     return _zero_mean_unit(patches)
 
 
+def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,
+               radius: int, patch_radius: int) -> torch.Tensor:
+    """Normalised cross-correlation of patch templates at every offset of a window.
+
+    Equals `(window_patch_descriptors(...) * templates[:, :, None]).sum(-1)` without
+    materialising the (2r+1)^2 patches: the template being zero-mean, the numerator is a
+    (grouped) convolution of the sampled (2r+2p+1)^2 region with the template, and each patch's
+    norm comes from box sums of the region and of its square.
+    image: [Nb, 3, H, W]; anchors: [Nb, Q, 2]; templates: [Nb, Q, 3 (2p+1)^2] zero-mean,
+    unit-norm, ordered (channel, row, column). returns [Nb, Q, (2r+1)^2].
+    """
+    batch, queries, _ = anchors.shape
+    count = batch * queries
+    side = 2 * (radius + patch_radius) + 1
+    kernel = 2 * patch_radius + 1
+    size = anchors.new_tensor([image.shape[-1], image.shape[-2]])
+    grid = anchors[:, :, None, :] + window_offsets(radius + patch_radius, anchors.device,
+                                                   anchors.dtype) / size
+    region = sample_map(image, grid)  # [Nb, Q, side*side, C]
+    channels = region.shape[-1]
+    region = region.reshape(count, side, side, channels).permute(0, 3, 1, 2)
+    weight = templates.reshape(count, channels, kernel, kernel).to(region.dtype)
+    numerator = F.conv2d(region.reshape(1, count * channels, side, side), weight,
+                         groups=count).view(count, -1)
+    taps = channels * kernel * kernel
+    total = F.avg_pool2d(region.sum(1, keepdim=True), kernel, stride=1).view(count, -1) * (
+        kernel * kernel)
+    squares = F.avg_pool2d(region.pow(2).sum(1, keepdim=True), kernel, stride=1).view(
+        count, -1) * (kernel * kernel)
+    norm = (squares - total * total / taps).clamp(min=0).sqrt().clamp(min=1e-12)
+    return (numerator / norm).view(batch, queries, -1)
+
+
 def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
     """Sub-pixel peak of a (2r+1)^2 window of scores: the best offset, moved by the vertex of
     the parabola through it and its two neighbours along x and along y (at most half a pixel).
@@ -227,12 +260,12 @@ class LocalCorrelation(nn.Module):
         for level, (feature_map, template) in enumerate(zip(maps, templates)):
             size = positions.new_tensor([feature_map.shape[-1], feature_map.shape[-2]])  # (w, h)
             anchor = current.detach()
-            if self._is_pixel_level(level):
-                samples = window_patch_descriptors(feature_map, anchor, self.radius,
-                                                   self.pixel_patch)  # [Nb, N, K, D]
-            else:
+            if self._is_pixel_level(level):  # NCC on the input image
+                correlation = window_ncc(feature_map, anchor, template, self.radius,
+                                         self.pixel_patch)  # [Nb, N, K]
+            else:  # cosine similarity of features
                 samples = sample_map(feature_map, anchor[:, :, None, :] + offsets / size)
-            correlation = (samples * template[:, :, None, :]).sum(-1)  # [Nb, N, K]
+                correlation = (samples * template[:, :, None, :]).sum(-1)
             logits = correlation * self.log_scale[level].exp() - self.motion_prior[level] * distance2
             if self._is_pixel_level(level):
                 expected = peak_subpixel(logits, self.radius)  # level pixels
