@@ -66,6 +66,7 @@ class ModelConfig:
     correlation_radius: int = 3
     # p > 0 adds a last correlation level on the input image: NCC of (2p+1)^2 RGB patches.
     correlation_patch: int = 0
+    correlation_pixel_radius: int = 3  # search radius of that level, in input pixels
     # "detr": the official initialisation; "tracking": ours, under which the untrained model
     # already tracks (taptr.models.init_tracking).
     initialisation: str = "detr"
@@ -87,8 +88,8 @@ class ModelConfig:
             raise TaptrError("correlation_stages must be backbone stages 0..3")
         if self.correlation_patch < 0:
             raise TaptrError("correlation_patch must not be negative")
-        if self.correlation_radius < 1:
-            raise TaptrError("correlation_radius must be at least 1")
+        if self.correlation_radius < 1 or self.correlation_pixel_radius < 1:
+            raise TaptrError("correlation_radius and correlation_pixel_radius must be at least 1")
         if self.initialisation not in ("detr", "tracking"):
             raise TaptrError("initialisation must be 'detr' or 'tracking'")
         if self.window_stride < 1 or self.window_size < self.window_stride:
@@ -144,8 +145,9 @@ def _small() -> ModelConfig:
         ffn_dim=512,
         input_size=(256, 256),
         correlation_stages=(1,),
-        correlation_radius=3,
-        correlation_patch=3,
+        correlation_radius=5,
+        correlation_patch=4,
+        correlation_pixel_radius=10,
         initialisation="tracking",
     )
 

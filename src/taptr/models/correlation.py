@@ -172,7 +172,8 @@ class LocalCorrelation(nn.Module):
 
     stage_channels: channels of the backbone stages used, ordered coarse to fine; every level
     keeps its channel count. radius: r of the (2r+1)^2 search grid, in level pixels.
-    pixel_patch: p > 0 adds the finest level, NCC of (2p+1)^2 patches of the input image.
+    pixel_patch: p > 0 adds the finest level, NCC of (2p+1)^2 patches of the input image,
+    searched over a (2 pixel_radius + 1)^2 window of input pixels.
     Parameters: `projections.{i}` (1x1 convs), `log_scale` (softmax sharpness per level),
     `motion_prior` (per level), `peak_gain`, `peak_threshold` (pixel-level visibility),
     `residual.{i}` (MLP: correlation -> (dx, dy) in level pixels, visibility logit).
@@ -180,12 +181,12 @@ class LocalCorrelation(nn.Module):
 
     def __init__(self, stage_channels: list[int], radius: int, hidden_dim: int = 64,
                  initial_scale: float = FEATURE_SCALE, pixel_patch: int = 0,
-                 pixel_scale: float = PIXEL_SCALE):
+                 pixel_scale: float = PIXEL_SCALE, pixel_radius: int | None = None):
         super().__init__()
-        self.radius = radius
         self.pixel_patch = pixel_patch
-        taps = (2 * radius + 1) ** 2
-        levels = len(stage_channels) + (1 if pixel_patch else 0)
+        pixel_radius = radius if pixel_radius is None else pixel_radius
+        self.radii = [radius] * len(stage_channels) + ([pixel_radius] if pixel_patch else [])
+        levels = len(self.radii)
         self.projections = nn.ModuleList(nn.Conv2d(c, c, 1) for c in stage_channels)
         self.initial_scales = [initial_scale] * len(stage_channels) + (
             [pixel_scale] if pixel_patch else [])
@@ -195,8 +196,9 @@ class LocalCorrelation(nn.Module):
         self.peak_gain = nn.Parameter(torch.tensor(PEAK_GAIN if pixel_patch else 0.0))
         self.peak_threshold = nn.Parameter(torch.tensor(PEAK_THRESHOLD))
         self.residual = nn.ModuleList(
-            nn.Sequential(nn.Linear(taps, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 3))
-            for _ in range(levels))
+            nn.Sequential(nn.Linear((2 * r + 1) ** 2, hidden_dim), nn.ReLU(),
+                          nn.Linear(hidden_dim, 3))
+            for r in self.radii)
         self.reset_parameters()
 
     @property
@@ -253,22 +255,23 @@ class LocalCorrelation(nn.Module):
         maps: per level [Nb, C, h, w]; templates: per level [Nb, N, C].
         returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]).
         """
-        offsets = window_offsets(self.radius, positions.device, positions.dtype)  # [K, 2]
-        distance2 = offsets.pow(2).sum(-1)  # [K]
         visibility = positions.new_zeros(positions.shape[:-1])
         current = positions
         for level, (feature_map, template) in enumerate(zip(maps, templates)):
             size = positions.new_tensor([feature_map.shape[-1], feature_map.shape[-2]])  # (w, h)
             anchor = current.detach()
+            radius = self.radii[level]
+            offsets = window_offsets(radius, positions.device, positions.dtype)  # [K, 2]
+            distance2 = offsets.pow(2).sum(-1)  # [K]
             if self._is_pixel_level(level):  # NCC on the input image
-                correlation = window_ncc(feature_map, anchor, template, self.radius,
+                correlation = window_ncc(feature_map, anchor, template, radius,
                                          self.pixel_patch)  # [Nb, N, K]
             else:  # cosine similarity of features
                 samples = sample_map(feature_map, anchor[:, :, None, :] + offsets / size)
                 correlation = (samples * template[:, :, None, :]).sum(-1)
             logits = correlation * self.log_scale[level].exp() - self.motion_prior[level] * distance2
             if self._is_pixel_level(level):
-                expected = peak_subpixel(logits, self.radius)  # level pixels
+                expected = peak_subpixel(logits, radius)  # level pixels
             else:
                 expected = (logits.softmax(-1)[..., None] * offsets).sum(-2)
             learned = self.residual[level](correlation)

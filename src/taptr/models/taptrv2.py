@@ -103,7 +103,8 @@ class TAPTRv2(nn.Module):
         if not config.correlation_stages:
             return None
         return LocalCorrelation([stage_channels[s] for s in config.correlation_stages],
-                                config.correlation_radius, pixel_patch=config.correlation_patch)
+                                config.correlation_radius, pixel_patch=config.correlation_patch,
+                                pixel_radius=config.correlation_pixel_radius)
 
     # ------------------------------------------------------------------ per-frame features
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, LevelLayout]:
