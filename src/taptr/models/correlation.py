@@ -41,6 +41,8 @@ FEATURE_PRIOR = 3.0
 # Visibility at step 0: + gain * (best pixel-level NCC - threshold); a poor match is called
 # occluded, which also takes lost tracks out of the Jaccard's false positives.
 PEAK_GAIN = 10.0
+# The learned residual reads the central 7x7 of every correlation window.
+MLP_RADIUS = 3
 PEAK_THRESHOLD = 0.5
 
 
@@ -99,6 +101,14 @@ def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius:
     return _zero_mean_unit(patches)
 
 
+def box_sums(values: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Sums over every kernel x kernel box of [M, H, W] maps (valid positions only), from an
+    integral image: [M, H - kernel + 1, W - kernel + 1]."""
+    integral = F.pad(values, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    return (integral[:, kernel:, kernel:] - integral[:, :-kernel, kernel:]
+            - integral[:, kernel:, :-kernel] + integral[:, :-kernel, :-kernel])
+
+
 def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,
                radius: int, patch_radius: int) -> torch.Tensor:
     """Normalised cross-correlation of patch templates at every offset of a window.
@@ -106,7 +116,7 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     Equals `(window_patch_descriptors(...) * templates[:, :, None]).sum(-1)` without
     materialising the (2r+1)^2 patches: the template being zero-mean, the numerator is a
     (grouped) convolution of the sampled (2r+2p+1)^2 region with the template, and each patch's
-    norm comes from box sums of the region and of its square.
+    norm comes from box sums (integral images) of the region and of its square.
     image: [Nb, 3, H, W]; anchors: [Nb, Q, 2]; templates: [Nb, Q, 3 (2p+1)^2] zero-mean,
     unit-norm, ordered (channel, row, column). returns [Nb, Q, (2r+1)^2].
     """
@@ -124,12 +134,22 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     numerator = F.conv2d(region.reshape(1, count * channels, side, side), weight,
                          groups=count).view(count, -1)
     taps = channels * kernel * kernel
-    total = F.avg_pool2d(region.sum(1, keepdim=True), kernel, stride=1).view(count, -1) * (
-        kernel * kernel)
-    squares = F.avg_pool2d(region.pow(2).sum(1, keepdim=True), kernel, stride=1).view(
-        count, -1) * (kernel * kernel)
+    total = box_sums(region.sum(1), kernel).view(count, -1)
+    squares = box_sums(region.pow(2).sum(1), kernel).view(count, -1)
     norm = (squares - total * total / taps).clamp(min=0).sqrt().clamp(min=1e-12)
     return (numerator / norm).view(batch, queries, -1)
+
+
+def central_window(values: torch.Tensor, radius: int, inner: int) -> torch.Tensor:
+    """[..., (2r+1)^2] row-major window -> its central [..., (2i+1)^2] (zero-padded if r < i)."""
+    side = 2 * radius + 1
+    grid = values.unflatten(-1, (side, side))
+    if inner > radius:
+        pad = inner - radius
+        grid = F.pad(grid, (pad, pad, pad, pad))
+    else:
+        grid = grid[..., radius - inner:radius + inner + 1, radius - inner:radius + inner + 1]
+    return grid.flatten(-2)
 
 
 def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
@@ -196,9 +216,9 @@ class LocalCorrelation(nn.Module):
         self.peak_gain = nn.Parameter(torch.tensor(PEAK_GAIN if pixel_patch else 0.0))
         self.peak_threshold = nn.Parameter(torch.tensor(PEAK_THRESHOLD))
         self.residual = nn.ModuleList(
-            nn.Sequential(nn.Linear((2 * r + 1) ** 2, hidden_dim), nn.ReLU(),
+            nn.Sequential(nn.Linear((2 * MLP_RADIUS + 1) ** 2, hidden_dim), nn.ReLU(),
                           nn.Linear(hidden_dim, 3))
-            for r in self.radii)
+            for _ in self.radii)
         self.reset_parameters()
 
     @property
@@ -274,7 +294,7 @@ class LocalCorrelation(nn.Module):
                 expected = peak_subpixel(logits, radius)  # level pixels
             else:
                 expected = (logits.softmax(-1)[..., None] * offsets).sum(-2)
-            learned = self.residual[level](correlation)
+            learned = self.residual[level](central_window(correlation, radius, MLP_RADIUS))
             shift = (expected + learned[..., :2]) / size
             current = anchor + shift
             visibility = visibility + learned[..., 2]
