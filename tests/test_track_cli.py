@@ -144,3 +144,34 @@ def test_unwritable_output_folder(clip, weights, tmp_path, capsys):
     assert blocker.read_text() == "x"
     code, _, stderr = _track(capsys, clip, "--weights", weights, "--out", blocker)
     assert code == 2 and "not a folder" in stderr
+
+
+@pytest.mark.parametrize("points", ["-1,5,5", "-0.5,5,5", "0,-3,5"])
+def test_values_with_a_minus_sign_reach_our_validation(clip, weights, tmp_path, capsys, points):
+    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--points", points,
+                                  "--out", tmp_path / "neg")
+    assert code == 2 and stderr.startswith("taptr track: error:") and stderr.count("\n") == 1
+    assert "expected one argument" not in stderr
+    assert not (tmp_path / "neg").exists()
+
+
+def test_grid_and_points_together(clip, weights, tmp_path, capsys):
+    out = tmp_path / "both"
+    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--points", "0,10,12",
+                                  "--grid", 2, "--out", out, "--no-overlay")
+    assert code == 0, stderr
+    tracks = load_tracks(out / "tracks.npz")
+    assert tracks["tracks"].shape[0] == 1 + 4
+    np.testing.assert_array_equal(tracks["tracks"][0, 0], [10, 12])
+
+
+def test_a_corrupt_file_gets_our_line_only(tmp_path, weights, capfd):
+    """FFmpeg's own log ('moov atom not found') must not precede our error (fd-level check)."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(range(256)) * 8)
+    code = main(["track", str(bad), "--weights", weights, "--out", str(tmp_path / "o")])
+    captured = capfd.readouterr()
+    assert code == 2
+    assert captured.err.strip().splitlines() == [
+        f"taptr track: error: {str(bad)!r} is not a video file, or a format this install "
+        "cannot read"]

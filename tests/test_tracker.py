@@ -248,3 +248,29 @@ def test_peak_memory_does_not_grow_with_video_length(tmp_path):
     short, long = json.loads(output.read_text())
     assert (short["frames"], long["frames"]) == (24, 240)
     assert long["peak_rss_mb"] < 1.2 * short["peak_rss_mb"], (short, long)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("kind", ["file", "folder", "gif", "array", "readonly_array", "tensor"])
+def test_no_third_party_warning_for_any_input_kind(tracker, clip, tmp_path, kind):
+    """A warning from a library we call (e.g. PyTorch's 'NumPy array is not writable') must
+    not reach the user: warnings are errors here."""
+    from PIL import Image
+
+    if kind == "file":
+        video = str(write_clip(tmp_path / "clip.mp4", clip))
+    elif kind == "folder":
+        for index, frame in enumerate(clip):
+            Image.fromarray(frame).save(tmp_path / f"{index:03d}.png")
+        video = str(tmp_path)
+    elif kind == "gif":
+        frames = [Image.fromarray(frame) for frame in clip]
+        frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
+        video = str(tmp_path / "clip.gif")
+    elif kind == "tensor":
+        video = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255.0
+    else:
+        video = clip.copy()
+        video.flags.writeable = kind == "array"
+    result = tracker.track(video, queries=QUERIES, progress=False)
+    assert result.tracks.shape == (len(QUERIES), len(clip), 2)

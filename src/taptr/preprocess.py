@@ -40,7 +40,7 @@ def normalize(frames) -> torch.Tensor:
     The result stays on the input tensor's device.
     """
     if not isinstance(frames, torch.Tensor):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+        frames = torch.from_numpy(np.require(frames, requirements=("C", "W")))
     tensor = to_channels_first(frames)
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
@@ -83,5 +83,5 @@ def prepare_frames(frames, input_size: tuple[int, int]) -> torch.Tensor:
     Resizes in uint8 (so every path through the tracker sees the same numbers), then normalises.
     """
     if not isinstance(frames, torch.Tensor):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+        frames = torch.from_numpy(np.require(frames, requirements=("C", "W")))
     return normalize(resize_frames(to_channels_first(frames), input_size))

@@ -221,7 +221,7 @@ class Tracker:
     # Shared with the online tracker (taptr.streaming).
     def prepare_frame(self, frame: np.ndarray) -> torch.Tensor:
         """RGB uint8 [H, W, 3] -> resized uint8 [3, H_in, W_in] (small, for buffering)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+        tensor = torch.from_numpy(np.require(frame, requirements=("C", "W"))).permute(2, 0, 1)[None]
         return resize_frames(tensor, self.input_size)[0]
 
     def model_input(self, frames: list[torch.Tensor]) -> torch.Tensor:

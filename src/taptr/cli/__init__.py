@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from taptr.errors import TaptrError
@@ -28,9 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """'--points -1,5,5' -> '--points=-1,5,5': argparse would read a value that starts with a
+    minus sign as an option and fail with its own message before ours could name the problem."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if (token.startswith("--") and "=" not in token and following is not None
+                and re.match(r"-[\d.]", following)):
+            joined.append(f"{token}={following}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(attach_negative_values(argv))
     try:
         return int(args.func(args) or 0)
     except TaptrError as error:

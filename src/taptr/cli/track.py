@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                        help='query points, e.g. "0,120,80;25,300,200"')
     which.add_argument("--queries", metavar="FILE",
                        help="query file: CSV/TXT rows t,x,y, or .npy/.npz [N, 3]")
-    which.add_argument("--grid", type=int, metavar="G", help="a GxG grid of points")
+    parser.add_argument("--grid", type=int, metavar="G",
+                        help="a GxG grid of points (added after --points/--queries)")
     parser.add_argument("--grid-frame", type=int, default=None, metavar="T",
                         help="frame of the grid points (default 0)")
     parser.add_argument("--mask", metavar="IMG", help="keep only grid points inside this mask")

@@ -12,6 +12,8 @@ available), WebM, MKV, AVI or GIF, atomically.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import re
 from fractions import Fraction
@@ -246,6 +248,20 @@ def _natural_key(path: Path):
 
 # --------------------------------------------------------------------------- files (PyAV)
 
+@contextlib.contextmanager
+def quiet_ffmpeg():
+    """FFmpeg's own log lines ("moov atom not found", ...) off while we read a file: the
+    problems we handle get our one-line error instead. The previous level is restored."""
+    import av
+
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.PANIC)
+    try:
+        yield
+    finally:
+        av.logging.set_level(previous)
+
+
 class PyAVVideo(VideoSource):
     """A video file decoded with PyAV.
 
@@ -259,7 +275,7 @@ class PyAVVideo(VideoSource):
 
         self.name = str(path)
         self._path = path
-        with av.logging.Capture(), av.open(str(path)) as container:  # no FFmpeg log noise
+        with quiet_ffmpeg(), av.open(str(path)) as container:
             if not container.streams.video:
                 raise TaptrError(f"{self.name}: the file has no frames (no video stream)")
             stream = container.streams.video[0]
@@ -286,7 +302,7 @@ class PyAVVideo(VideoSource):
         stop = self._check_stop(stop)
         if start >= stop:
             return
-        with av.open(self._path.__fspath__()) as container:
+        with quiet_ffmpeg(), av.open(self._path.__fspath__()) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             seekable = start > 0 and self._pts is not None and self._seek(container, stream, start)
@@ -313,7 +329,7 @@ class PyAVVideo(VideoSource):
     def _iter_from_beginning(self, start: int, stop: int) -> Iterator[np.ndarray]:
         import av
 
-        with av.open(self._path.__fspath__()) as container:
+        with quiet_ffmpeg(), av.open(self._path.__fspath__()) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
@@ -454,8 +470,12 @@ def _open_path(path: Path) -> VideoSource:
         return PyAVVideo(path)
     except TaptrError:
         raise
-    except Exception:  # noqa: BLE001  (PyAV raises many FFmpeg error types)
-        pass
+    except Exception as error:  # noqa: BLE001  (PyAV raises many FFmpeg error types)
+        import av
+
+        if isinstance(error, av.error.InvalidDataError):  # not a container OpenCV could read
+            raise TaptrError(f"{str(path)!r} is not a video file, or a format this install "
+                             "cannot read") from None
     try:
         return OpenCVVideo(path)
     except TaptrError as error:

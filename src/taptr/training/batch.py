@@ -23,7 +23,7 @@ from taptr.preprocess import prepare_frames
 
 def _as_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
     if isinstance(values, np.ndarray):
-        values = torch.from_numpy(np.ascontiguousarray(values))
+        values = torch.from_numpy(np.require(values, requirements=("C", "W")))
     return torch.as_tensor(values).to(device=device, dtype=dtype)
 
 
