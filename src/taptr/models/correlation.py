@@ -41,8 +41,6 @@ FEATURE_PRIOR = 3.0
 # Visibility at step 0: + gain * (best pixel-level NCC - threshold); a poor match is called
 # occluded, which also takes lost tracks out of the Jaccard's false positives.
 PEAK_GAIN = 10.0
-# The learned residual reads the central 7x7 of every correlation window.
-MLP_RADIUS = 3
 PEAK_THRESHOLD = 0.5
 
 
@@ -140,18 +138,6 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     return (numerator / norm).view(batch, queries, -1)
 
 
-def central_window(values: torch.Tensor, radius: int, inner: int) -> torch.Tensor:
-    """[..., (2r+1)^2] row-major window -> its central [..., (2i+1)^2] (zero-padded if r < i)."""
-    side = 2 * radius + 1
-    grid = values.unflatten(-1, (side, side))
-    if inner > radius:
-        pad = inner - radius
-        grid = F.pad(grid, (pad, pad, pad, pad))
-    else:
-        grid = grid[..., radius - inner:radius + inner + 1, radius - inner:radius + inner + 1]
-    return grid.flatten(-2)
-
-
 def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
     """Sub-pixel peak of a (2r+1)^2 window of scores: the best offset, moved by the vertex of
     the parabola through it and its two neighbours along x and along y (at most half a pixel).
@@ -216,9 +202,9 @@ class LocalCorrelation(nn.Module):
         self.peak_gain = nn.Parameter(torch.tensor(PEAK_GAIN if pixel_patch else 0.0))
         self.peak_threshold = nn.Parameter(torch.tensor(PEAK_THRESHOLD))
         self.residual = nn.ModuleList(
-            nn.Sequential(nn.Linear((2 * MLP_RADIUS + 1) ** 2, hidden_dim), nn.ReLU(),
+            nn.Sequential(nn.Linear((2 * r + 1) ** 2, hidden_dim), nn.ReLU(),
                           nn.Linear(hidden_dim, 3))
-            for _ in self.radii)
+            for r in self.radii)
         self.reset_parameters()
 
     @property
@@ -294,7 +280,7 @@ class LocalCorrelation(nn.Module):
                 expected = peak_subpixel(logits, radius)  # level pixels
             else:
                 expected = (logits.softmax(-1)[..., None] * offsets).sum(-2)
-            learned = self.residual[level](central_window(correlation, radius, MLP_RADIUS))
+            learned = self.residual[level](correlation)
             shift = (expected + learned[..., :2]) / size
             current = anchor + shift
             visibility = visibility + learned[..., 2]
