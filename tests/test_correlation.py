@@ -222,3 +222,18 @@ def test_window_ncc_equals_the_dot_products_of_materialised_patches():
     patches = window_patch_descriptors(image, anchors, 3, 2)
     expected = (patches * template[:, :, None]).sum(-1)
     assert torch.allclose(window_ncc(image, anchors, template, 3, 2), expected, atol=1e-5)
+
+
+def test_every_correlation_level_gets_a_gradient_from_the_final_position():
+    torch.manual_seed(6)
+    correlation = LocalCorrelation([8], radius=2, pixel_patch=1, pixel_radius=2)
+    image = torch.randn(1, 3, 24, 24)
+    feature_map = F.normalize(torch.randn(1, 8, 6, 6), dim=1)
+    maps = [feature_map, image]
+    points = torch.rand(1, 5, 2) * 0.5 + 0.25
+    templates = correlation.templates(maps, points + 0.02)
+    moved, _ = correlation.update(points, maps, templates)
+    moved.sum().backward()
+    assert float(correlation.log_scale.grad[0].abs()) > 0  # the coarse level learns too
+    assert correlation.residual[0][2].weight.grad[:2].abs().sum() > 0
+    assert correlation.residual[1][2].weight.grad[:2].abs().sum() > 0

@@ -262,7 +262,10 @@ class LocalCorrelation(nn.Module):
         returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]).
         """
         visibility = positions.new_zeros(positions.shape[:-1])
-        current = positions
+        # `current` sums every level's shift with its gradient, so each level is trained by the
+        # supervised result; each level samples at a detached copy (no gradient through the
+        # sampling location, as in RAFT).
+        current = positions.detach()
         for level, (feature_map, template) in enumerate(zip(maps, templates)):
             size = positions.new_tensor([feature_map.shape[-1], feature_map.shape[-2]])  # (w, h)
             anchor = current.detach()
@@ -282,7 +285,7 @@ class LocalCorrelation(nn.Module):
                 expected = (logits.softmax(-1)[..., None] * offsets).sum(-2)
             learned = self.residual[level](correlation)
             shift = (expected + learned[..., :2]) / size
-            current = anchor + shift
+            current = current + shift
             visibility = visibility + learned[..., 2]
             if self._is_pixel_level(level):
                 peak = correlation.max(-1).values
