@@ -150,11 +150,15 @@ class StillClips:
         return still_sample(frames=8, points=8)
 
 
-def test_max_minutes_stops_with_a_checkpoint_and_an_export(tmp_path):
-    trainer = Trainer(tiny_run(tmp_path, max_minutes=1e-4), clip_source=StillClips(),
-                      context=CPU)
+def test_max_minutes_stops_with_a_checkpoint_an_export_and_a_last_evaluation(tmp_path):
+    sets = {"easy": [still_sample(frames=8)], "medium": [still_sample(frames=8)]}
+    trainer = Trainer(tiny_run(tmp_path, max_minutes=1e-4, eval_every=1000),
+                      clip_source=StillClips(), eval_samples=sets, context=CPU)
     result = trainer.run()
     assert 1 <= result.step < 50 and not result.interrupted
+    assert "easy_AJ" in result.last_eval
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[-1].split(",")[0] == str(result.step) and rows[-1].count(",,") < 20
     assert (tmp_path / "run" / "last.pt").is_file()
     assert (tmp_path / "run" / "ema.safetensors").is_file()
 

@@ -634,6 +634,12 @@ class Trainer:
                     if time_up:
                         self._print(f"max_minutes {config.max_minutes:g} reached at step "
                                     f"{self.step}")
+                        if config.eval_every and main and self.step % config.eval_every:
+                            last_eval = self._evaluate()  # the curve ends where the run does
+                            log.write({"step": self.step, "wall_s": self.wall_time,
+                                       "cpu_s": self.cpu_time,
+                                       "clips_seen": self.step * self.clips_per_step,
+                                       **{f"eval_{k}": v for k, v in last_eval.items()}})
                     break
         finally:
             progress.close()
