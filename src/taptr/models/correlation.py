@@ -4,20 +4,19 @@ The paper's decoder finds a point only through its key-aware attention, whose lo
 sparse cost volume (TAPTRv2 section 3.3). That signal exists only once the projections have been
 trained. Our small presets add an explicit, dense one, as RAFT, PIPs++ and CoTracker do: after
 each decoder layer, at the layer's position estimate in every window frame, the point's template
-(a feature vector read at its query position in its query frame) is correlated with a
-(2r+1) x (2r+1) grid of features around the estimate, at each correlation level from coarse to
-fine. A soft-argmax of the correlation moves the point; a small MLP over the same correlation
-values adds a learned residual and a visibility logit. With the ImageNet backbone and the
-initialisation of `init_for_tracking` (identity projections, zero MLP output) the untrained
-model is an iterative, coarse-to-fine template matcher: it tracks at step 0, and training
-refines it.
+(read at its query position in its query frame) is correlated with a (2r+1) x (2r+1) window
+around the estimate, at each correlation level from coarse to fine, and the point moves to the
+match (soft-argmax on feature levels, sub-pixel peak on the pixel level); a small MLP over the
+same correlation values adds a learned residual and a visibility logit. With the ImageNet
+backbone and `init_for_tracking` (identity projections, zero MLP output) the untrained model is
+an iterative, coarse-to-fine template matcher: it tracks at step 0, and training refines it.
 
-Correlation maps are backbone stages (strides 4 and 8 for MobileNetV2) through a 1x1
-projection, L2-normalised per pixel, so correlations are cosine similarities. An optional last,
-finest level works on the network's input image itself: its descriptors are (2p+1)^2 RGB
-patches, made zero-mean and unit-norm, so its correlation is the classical normalised
-cross-correlation (NCC) of template matching, at one input pixel per step. It gives the
-sub-pixel precision that stride-4 features cannot.
+Feature levels are backbone stages through a 1x1 projection, L2-normalised per pixel, so their
+correlations are cosine similarities. The optional last, finest level works on the network's
+input image itself: its descriptors are (2p+1)^2 RGB patches, made zero-mean and unit-norm, so
+its correlation is the normalised cross-correlation (NCC) of classical template matching, with
+the sub-pixel precision that stride-8 features cannot give. docs/correlation.md has the
+measurements behind every constant below.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-# Initial softmax sharpness (multiplies cosine similarity / NCC). Measured on the easy
-# validation set at step 0 (docs/training_runs/README.md): sharper is more precise, because a
-# soft-argmax over a flat window is pulled towards its centre.
+# Initial softmax sharpness (multiplies cosine similarity / NCC), measured at step 0 on the
+# validation sets (docs/correlation.md): sharper is more precise, because a soft-argmax over a
+# flat window is pulled towards its centre.
 FEATURE_SCALE = 200.0
 PIXEL_SCALE = 1000.0
 # Motion prior: the softmax logits lose prior * (offset in level pixels)^2. On the stride-8
@@ -236,8 +235,9 @@ class LocalCorrelation(nn.Module):
         """Backbone stages [Nb, C_i, h_i, w_i] (coarse to fine) and the input frames
         [Nb, 3, H, W] -> per level: normalised feature maps (same shapes), then the frames
         themselves for the pixel level."""
-        maps = [F.normalize(projection(stage.to(projection.weight.dtype)), dim=1)
-                for projection, stage in zip(self.projections, stages)]
+        with torch.autocast(frames.device.type, enabled=False):
+            maps = [F.normalize(projection(stage.float()), dim=1)
+                    for projection, stage in zip(self.projections, stages)]
         if self.pixel_patch:
             maps.append(frames.float().contiguous())
         return maps
@@ -255,7 +255,20 @@ class LocalCorrelation(nn.Module):
 
     def update(self, positions: torch.Tensor, maps: list[torch.Tensor],
                templates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move points by correlation, coarse to fine.
+        """Move points by correlation, coarse to fine, always in float32: under bf16/fp16
+        autocast the NCC differences that pick the peak (0.01 and less) would be rounded away.
+
+        positions: [Nb, N, 2] model coordinates (the gradient does not flow into them);
+        maps: per level [Nb, C, h, w]; templates: per level [Nb, N, C].
+        returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]), float32.
+        """
+        with torch.autocast(positions.device.type, enabled=False):
+            return self._update(positions.float(), [m.float() for m in maps],
+                                [t.float() for t in templates])
+
+    def _update(self, positions: torch.Tensor, maps: list[torch.Tensor],
+                templates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move points by correlation, coarse to fine (float32 inputs, autocast off).
 
         positions: [Nb, N, 2] model coordinates (the gradient does not flow into them);
         maps: per level [Nb, C, h, w]; templates: per level [Nb, N, C].

@@ -208,8 +208,8 @@ class PointDecoder(nn.Module):
         templates = [t[:, None].expand(batch, window, *t.shape[1:]).flatten(0, 1)
                      for t in inputs.templates]
         moved, vis_offset = self.correlation.update(positions, inputs.correlation_maps, templates)
-        moved = moved.view(batch, window, num_points, 2)
-        vis_offset = vis_offset.view(batch, window, num_points, 1)
+        moved = moved.view(batch, window, num_points, 2).to(position_logits.dtype)
+        vis_offset = vis_offset.view(batch, window, num_points, 1).to(vis_logits.dtype)
         updated = inputs.updated[..., None]
         moved_logits = torch.cat((inverse_sigmoid(moved), position_logits[..., 2:]), -1)
         position_logits = torch.where(updated, moved_logits, position_logits)
