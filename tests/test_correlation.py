@@ -259,3 +259,15 @@ def test_bf16_autocast_keeps_the_correlation_precise():
                                                        progress=False).tracks
     assert np.abs(full - half).max() < 1.0
     np.testing.assert_allclose(full[:, -1], [[28, 39], [48, 49]], atol=1.5)  # moved (-2, -1)/frame
+
+
+def test_the_position_before_the_correlation_update_is_trained_through_it():
+    """Gradient reaches what produced the incoming position (APU, position head)."""
+    torch.manual_seed(7)
+    correlation = LocalCorrelation([8], radius=2, pixel_patch=1, pixel_radius=2)
+    maps = [F.normalize(torch.randn(1, 8, 6, 6), dim=1), torch.randn(1, 3, 24, 24)]
+    points = (torch.rand(1, 3, 2) * 0.5 + 0.25).requires_grad_(True)
+    templates = correlation.templates(maps, points.detach() + 0.02)
+    moved, _ = correlation.update(points, maps, templates)
+    moved.sum().backward()
+    assert torch.allclose(points.grad, torch.ones_like(points))

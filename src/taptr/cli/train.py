@@ -46,7 +46,7 @@ _SETTINGS = (
     ("--batch", "batch", int, "clips per process per micro-batch (default 1)"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step (default 1)"),
     ("--lr", "lr", float, "learning rate (default 2e-4)"),
-    ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it (1e-5)"),
+    ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay (default 1e-4)"),
     ("--schedule", "schedule", str, "cosine (default), multistep or constant"),
     ("--warmup-steps", "warmup_steps", int, "linear warmup steps (default 200)"),
@@ -69,7 +69,7 @@ _SETTINGS = (
     ("--workers", "workers", int, "DataLoader worker processes (default 0: render in-process)"),
     ("--data-device", "data_device", str, "where clips are rendered with 0 workers (auto)"),
     ("--log-every", "log_every", int, "steps between log rows (default 10)"),
-    ("--eval-every", "eval_every", int, "steps between held-out evaluations, 0 = off (1000)"),
+    ("--eval-every", "eval_every", int, "steps between validations, 0 = off"),
     ("--eval-clips", "eval_clips", int, "clips per validation set (default 6)"),
     ("--eval-sets", "eval_sets", lambda t: tuple(t.split(",")),
      "validation sets, comma-separated (default easy,medium)"),
@@ -139,6 +139,9 @@ def build_config(args):
     if "difficulty" in given:
         given["difficulty"] = _difficulty(given["difficulty"])
     base = _saved_settings(Path(args.out)) if args.resume else {}
+    if base:
+        # Runs saved before these settings existed had no curriculum and one held-out set.
+        base.setdefault("curriculum_steps", 0)
     return TrainConfig.from_dict({**base, **given})
 
 

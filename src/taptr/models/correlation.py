@@ -127,6 +127,9 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     region = sample_map(image, grid)  # [Nb, Q, side*side, C]
     channels = region.shape[-1]
     region = region.reshape(count, side, side, channels).permute(0, 3, 1, 2)
+    # NCC ignores a constant added to the region; removing its mean keeps the box-sum variance
+    # (squares - total^2 / taps) from cancelling on low-contrast patches.
+    region = region - region.mean((1, 2, 3), keepdim=True)
     weight = templates.reshape(count, channels, kernel, kernel).to(region.dtype)
     numerator = F.conv2d(region.reshape(1, count * channels, side, side), weight,
                          groups=count).view(count, -1)
@@ -134,7 +137,7 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     total = box_sums(region.sum(1), kernel).view(count, -1)
     squares = box_sums(region.pow(2).sum(1), kernel).view(count, -1)
     norm = (squares - total * total / taps).clamp(min=0).sqrt().clamp(min=1e-12)
-    return (numerator / norm).view(batch, queries, -1)
+    return (numerator / norm).clamp(-1.0, 1.0).view(batch, queries, -1)
 
 
 def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
@@ -275,10 +278,11 @@ class LocalCorrelation(nn.Module):
         returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]).
         """
         visibility = positions.new_zeros(positions.shape[:-1])
-        # `current` sums every level's shift with its gradient, so each level is trained by the
-        # supervised result; each level samples at a detached copy (no gradient through the
+        # `current` is the incoming position plus every level's shift, all with their gradients:
+        # the supervised result trains every level and whatever produced `positions` (APU,
+        # position head). Each level samples at a detached copy (no gradient through the
         # sampling location, as in RAFT).
-        current = positions.detach()
+        current = positions
         for level, (feature_map, template) in enumerate(zip(maps, templates)):
             size = positions.new_tensor([feature_map.shape[-1], feature_map.shape[-2]])  # (w, h)
             anchor = current.detach()

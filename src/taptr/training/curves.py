@@ -72,8 +72,8 @@ def baseline_scores(samples: Sequence, trackers: Sequence[str] = BASELINES) -> d
         per_clip = []
         for sample in samples:
             video = sample.video.cpu().numpy() if hasattr(sample.video, "cpu") else sample.video
-            tracks = torch.as_tensor(sample.tracks).float()
-            frames = torch.as_tensor(sample.query_frames).long()
+            tracks = torch.as_tensor(sample.tracks).float().cpu()
+            frames = torch.as_tensor(sample.query_frames).long().cpu()
             query_xy = tracks[frames, torch.arange(frames.numel())]
             queries = torch.cat((frames[:, None].float(), query_xy), -1).numpy()
             result = tracker.track(np.ascontiguousarray(video), queries.astype(np.float32))

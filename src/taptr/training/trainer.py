@@ -614,7 +614,10 @@ class Trainer:
                     progress.set_postfix(loss=f"{row['loss']:.4f}",
                                          clips_s=f"{row['clips_per_s']:.2f}")
                     last_log = row
-                if config.eval_every and self.step % config.eval_every == 0 and main:
+                time_up = time.perf_counter() > deadline
+                final_validation = time_up and self.step % max(config.eval_every, 1) != 0
+                if config.eval_every and main and (self.step % config.eval_every == 0
+                                                   or final_validation):
                     last_eval = self._evaluate()
                     row = row or {"step": self.step, "wall_s": self.wall_time,
                                   "cpu_s": self.cpu_time,
@@ -629,17 +632,10 @@ class Trainer:
                     self.save_checkpoint()
                 if self.step % config.export_every == 0 and self.step < final_step:
                     self.export_ema()
-                time_up = time.perf_counter() > deadline
                 if any_rank(self.context, self.stop_requested or time_up):
                     if time_up:
                         self._print(f"max_minutes {config.max_minutes:g} reached at step "
                                     f"{self.step}")
-                        if config.eval_every and main and self.step % config.eval_every:
-                            last_eval = self._evaluate()  # the curve ends where the run does
-                            log.write({"step": self.step, "wall_s": self.wall_time,
-                                       "cpu_s": self.cpu_time,
-                                       "clips_seen": self.step * self.clips_per_step,
-                                       **{f"eval_{k}": v for k, v in last_eval.items()}})
                     break
         finally:
             progress.close()
