@@ -271,3 +271,21 @@ def test_the_position_before_the_correlation_update_is_trained_through_it():
     moved, _ = correlation.update(points, maps, templates)
     moved.sum().backward()
     assert torch.allclose(points.grad, torch.ones_like(points))
+
+
+def test_point_chunks_give_the_same_correlation_result():
+    config = get_preset("tiny").replace(correlation_stages=(2, 1), correlation_patch=1,
+                                        initialisation="tracking")
+    torch.manual_seed(8)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        model.decoder.correlation.log_scale.fill_(3.0)
+    generator = torch.Generator().manual_seed(9)
+    video = torch.randn(1, 10, 3, *config.input_size, generator=generator)
+    points = torch.rand(1, 7, 2, generator=generator)
+    frames = torch.tensor([[0, 1, 2, 3, 0, 5, 0]])
+    with torch.no_grad():
+        whole = model(video, points, frames, point_chunk=1000)
+        chunked = model(video, points, frames, point_chunk=2)
+    assert torch.allclose(whole.positions, chunked.positions, atol=1e-4)
+    assert torch.allclose(whole.vis_logits, chunked.vis_logits, atol=1e-4)

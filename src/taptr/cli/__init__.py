@@ -29,15 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def attach_negative_values(argv: list[str]) -> list[str]:
-    """'--points -1,5,5' -> '--points=-1,5,5': argparse would read a value that starts with a
-    minus sign as an option and fail with its own message before ours could name the problem."""
+def attach_negative_values(argv: list[str], value_options: set[str]) -> list[str]:
+    """'--points -1,5,5' -> '--points=-1,5,5' for options that take a value: argparse would
+    read a value that starts with a minus sign as an option and fail with its own message
+    before ours could name the problem. Nothing after '--' is touched."""
     joined: list[str] = []
     index = 0
     while index < len(argv):
         token = argv[index]
+        if token == "--":
+            return joined + argv[index:]
         following = argv[index + 1] if index + 1 < len(argv) else None
-        if (token.startswith("--") and "=" not in token and following is not None
+        if (token in value_options and following is not None
                 and re.match(r"-[\d.]", following)):
             joined.append(f"{token}={following}")
             index += 2
@@ -47,10 +50,22 @@ def attach_negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Long option strings (of the parser and its sub-commands) that take a value."""
+    options: set[str] = set()
+    for action in parser._actions:  # noqa: SLF001 - argparse exposes no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                options |= _value_options(sub)
+        elif action.nargs != 0:
+            options |= {o for o in action.option_strings if o.startswith("--")}
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(attach_negative_values(argv))
+    args = parser.parse_args(attach_negative_values(argv, _value_options(parser)))
     try:
         return int(args.func(args) or 0)
     except TaptrError as error:

@@ -262,6 +262,15 @@ def quiet_ffmpeg():
         av.logging.set_level(previous)
 
 
+def _open_quietly(path: Path):
+    """av.open with FFmpeg's log silenced for the opening only (not while a generator that
+    decodes from the container is suspended)."""
+    import av
+
+    with quiet_ffmpeg():
+        return av.open(path.__fspath__())
+
+
 class PyAVVideo(VideoSource):
     """A video file decoded with PyAV.
 
@@ -302,7 +311,7 @@ class PyAVVideo(VideoSource):
         stop = self._check_stop(stop)
         if start >= stop:
             return
-        with quiet_ffmpeg(), av.open(self._path.__fspath__()) as container:
+        with _open_quietly(self._path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             seekable = start > 0 and self._pts is not None and self._seek(container, stream, start)
@@ -329,7 +338,7 @@ class PyAVVideo(VideoSource):
     def _iter_from_beginning(self, start: int, stop: int) -> Iterator[np.ndarray]:
         import av
 
-        with quiet_ffmpeg(), av.open(self._path.__fspath__()) as container:
+        with _open_quietly(self._path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):

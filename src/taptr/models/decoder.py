@@ -195,21 +195,31 @@ class PointDecoder(nn.Module):
             position_logits = refinement + inverse_sigmoid(apu_reference)
             vis_logits = self.visibility_heads[index](fused)
             if self.correlation is not None:
-                position_logits, vis_logits = self._correlation_update(position_logits,
-                                                                       vis_logits, inputs)
+                position_logits, vis_logits = self._correlation_update(
+                    position_logits, vis_logits, inputs, point_chunk)
             outputs.append(LayerOutputs(fused, position_logits, apu_reference, vis_logits))
             reference = torch.sigmoid(position_logits).detach()
         return outputs
 
-    def _correlation_update(self, position_logits, vis_logits, inputs: WindowInputs):
-        """Our local correlation update (models/correlation.py) on updated frames only."""
+    def _correlation_update(self, position_logits, vis_logits, inputs: WindowInputs,
+                            point_chunk: int | None = None):
+        """Our local correlation update (models/correlation.py) on updated frames only, over
+        at most `point_chunk` points at a time (the same results, bounded memory)."""
         batch, window, num_points = position_logits.shape[:3]
         positions = torch.sigmoid(position_logits[..., :2]).flatten(0, 1)  # [BW, N, 2]
         templates = [t[:, None].expand(batch, window, *t.shape[1:]).flatten(0, 1)
                      for t in inputs.templates]
-        moved, vis_offset = self.correlation.update(positions, inputs.correlation_maps, templates)
-        moved = moved.view(batch, window, num_points, 2).to(position_logits.dtype)
-        vis_offset = vis_offset.view(batch, window, num_points, 1).to(vis_logits.dtype)
+        chunk = point_chunk or num_points
+        moved, vis_offset = [], []
+        for start in range(0, num_points, chunk):
+            part = slice(start, start + chunk)
+            result = self.correlation.update(positions[:, part], inputs.correlation_maps,
+                                             [t[:, part] for t in templates])
+            moved.append(result[0])
+            vis_offset.append(result[1])
+        moved = torch.cat(moved, 1).view(batch, window, num_points, 2).to(position_logits.dtype)
+        vis_offset = torch.cat(vis_offset, 1).view(batch, window, num_points, 1).to(
+            vis_logits.dtype)
         updated = inputs.updated[..., None]
         moved_logits = torch.cat((inverse_sigmoid(moved), position_logits[..., 2:]), -1)
         position_logits = torch.where(updated, moved_logits, position_logits)
