@@ -289,12 +289,3 @@ def test_point_chunks_give_the_same_correlation_result():
         chunked = model(video, points, frames, point_chunk=2)
     assert torch.allclose(whole.positions, chunked.positions, atol=1e-4)
     assert torch.allclose(whole.vis_logits, chunked.vis_logits, atol=1e-4)
-
-
-def test_peak_subpixel_on_the_border_stays_on_the_border():
-    from taptr.models.correlation import peak_subpixel
-
-    offsets = window_offsets(2)
-    scores = -((offsets - torch.tensor([2.6, 0.2])) ** 2).sum(-1)  # vertex outside, right
-    found = peak_subpixel(scores[None], radius=2)[0]
-    assert torch.allclose(found, torch.tensor([2.0, 0.2]), atol=1e-5), found

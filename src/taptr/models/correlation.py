@@ -142,39 +142,33 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
 
 def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
     """Sub-pixel peak of a (2r+1)^2 window of scores: the best offset, moved by the vertex of
-    the parabola through it and its two neighbours along x (same row) and along y (same
-    column), by at most half a pixel. A peak on the window's border is not refined along the
-    axis that leaves the window.
+    the parabola through it and its two neighbours along x and along y (at most half a pixel).
 
     logits: [..., (2r+1)^2] row-major (as `window_offsets`) -> [..., 2] (dx, dy) offsets.
-    Differentiable in the scores (not in the choice of the best offset). This is how classical
-    template matching reaches sub-pixel precision; a soft-argmax over the window is pulled
-    towards its centre.
+    Differentiable in the scores (not in the choice of the best offset). A peak on the window's
+    border is refined with its inner neighbours only (parabola through the border clamped).
+    This is how classical template matching reaches sub-pixel precision; a soft-argmax over
+    the window is pulled towards its centre.
     """
     side = 2 * radius + 1
     best = logits.argmax(-1)
-    row = torch.div(best, side, rounding_mode="floor")
-    col = best % side
+    row = torch.div(best, side, rounding_mode="floor").clamp(1, side - 2)
+    col = (best % side).clamp(1, side - 2)
 
-    def score(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return logits.gather(-1, (r * side + c)[..., None])[..., 0]
+    def score(d_row: int, d_col: int) -> torch.Tensor:
+        return logits.gather(-1, ((row + d_row) * side + col + d_col)[..., None])[..., 0]
 
-    centre = score(row, col)
+    centre = score(0, 0)
 
-    def vertex(before: torch.Tensor, after: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    def vertex(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         curvature = before - 2 * centre + after  # negative at a maximum
-        shift = 0.5 * (before - after) / curvature.clamp(max=-1e-6)
-        refine = inside & (curvature < -1e-6)
-        return torch.where(refine, shift, torch.zeros_like(shift)).clamp(-0.5, 0.5)
+        safe = curvature.clamp(max=-1e-6)
+        shift = 0.5 * (before - after) / safe
+        return torch.where(curvature < -1e-6, shift, torch.zeros_like(shift)).clamp(-0.5, 0.5)
 
-    inner_col = col.clamp(1, side - 2)
-    inner_row = row.clamp(1, side - 2)
-    dx = vertex(score(row, inner_col - 1), score(row, inner_col + 1),
-                (col > 0) & (col < side - 1))
-    dy = vertex(score(inner_row - 1, col), score(inner_row + 1, col),
-                (row > 0) & (row < side - 1))
-    return torch.stack(((col - radius).to(logits.dtype) + dx,
-                        (row - radius).to(logits.dtype) + dy), -1)
+    dx = (col - radius).to(logits.dtype) + vertex(score(0, -1), score(0, 1))
+    dy = (row - radius).to(logits.dtype) + vertex(score(-1, 0), score(1, 0))
+    return torch.stack((dx, dy), -1)
 
 
 def _zero_mean_unit(patches: torch.Tensor) -> torch.Tensor:
