@@ -22,17 +22,11 @@ def easy_clips():
     return [generator.generate(seed) for seed in (11, 12)]
 
 
-def queries_of(sample) -> np.ndarray:
-    frames = sample.query_frames.long()
-    points = sample.tracks[frames, torch.arange(frames.numel())]
-    return torch.cat((frames[:, None].float(), points), -1).numpy()
-
-
 def mean_aj(tracker, clips) -> float:
     scores = []
     for sample in clips:
         extra = {"progress": False} if isinstance(tracker, Tracker) else {}
-        result = tracker.track(sample.video.numpy(), queries=queries_of(sample), **extra)
+        result = tracker.track(sample.video.numpy(), queries=sample.queries().numpy(), **extra)
         tracks = torch.as_tensor(np.asarray(result.tracks), dtype=torch.float32).transpose(0, 1)
         visible = torch.as_tensor(np.asarray(result.visible)).float().transpose(0, 1)
         scores.append(score_pixels(sample, tracks, visible)["AJ"])

@@ -71,12 +71,9 @@ def baseline_scores(samples: Sequence, trackers: Sequence[str] = BASELINES) -> d
         tracker = make_baseline(name)
         per_clip = []
         for sample in samples:
-            video = sample.video.cpu().numpy() if hasattr(sample.video, "cpu") else sample.video
-            tracks = torch.as_tensor(sample.tracks).float().cpu()
-            frames = torch.as_tensor(sample.query_frames).long().cpu()
-            query_xy = tracks[frames, torch.arange(frames.numel())]
-            queries = torch.cat((frames[:, None].float(), query_xy), -1).numpy()
-            result = tracker.track(np.ascontiguousarray(video), queries.astype(np.float32))
+            sample = sample.to("cpu")
+            result = tracker.track(np.ascontiguousarray(sample.video.numpy()),
+                                   sample.queries().numpy())
             predicted = torch.as_tensor(np.asarray(result.tracks), dtype=torch.float32)
             visible = torch.as_tensor(np.asarray(result.visible)).float()
             per_clip.append(score_pixels(sample, predicted.transpose(0, 1),
