@@ -191,7 +191,9 @@ def test_validation_curve_rows_and_table(tmp_path):
 
 
 def test_window_patches_equal_patches_read_one_by_one():
-    from taptr.models.correlation import patch_descriptors, window_patch_descriptors
+    from reference_correlation import patch_descriptors
+
+    from taptr.models.correlation import window_patch_descriptors
 
     generator = torch.Generator().manual_seed(2)
     image = torch.randn(2, 3, 20, 24, generator=generator)

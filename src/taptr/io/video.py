@@ -13,7 +13,6 @@ available), WebM, MKV, AVI or GIF, atomically.
 from __future__ import annotations
 
 import contextlib
-
 import os
 import re
 from fractions import Fraction

@@ -61,29 +61,15 @@ def sample_map(feature_map: torch.Tensor, locations: torch.Tensor) -> torch.Tens
     return samples.permute(0, 2, 3, 1)
 
 
-def patch_descriptors(image: torch.Tensor, locations: torch.Tensor,
-                      patch_radius: int) -> torch.Tensor:
-    """Zero-mean, unit-norm RGB patches of an image around arbitrary locations (for NCC).
-
-    image: [Nb, 3, H, W]; locations: [Nb, Q, K, 2] model coordinates.
-    returns [Nb, Q, K, 3 * (2p+1)^2], each patch ordered (channel, row, column).
-    The reference for `window_patch_descriptors`, which gives the same values faster.
-    """
-    size = locations.new_tensor([image.shape[-1], image.shape[-2]])
-    taps = window_offsets(patch_radius, locations.device, locations.dtype) / size  # [P, 2]
-    batch, queries, count, _ = locations.shape
-    spots = (locations[:, :, :, None, :] + taps).flatten(2, 3)  # [Nb, Q, K*P, 2]
-    patches = sample_map(image, spots).reshape(batch, queries, count, -1, image.shape[1])
-    return _zero_mean_unit(patches.transpose(-1, -2).flatten(-2))
-
-
 def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius: int,
                              patch_radius: int) -> torch.Tensor:
-    """`patch_descriptors` at every offset of `window_offsets(radius)` around anchors.
+    """Zero-mean, unit-norm RGB patches (2p+1)^2 around every offset of
+    `window_offsets(radius)` from anchors, each ordered (channel, row, column).
 
     All (2r+1)^2 patches lie on one (2r+2p+1)^2 grid of input pixels, so that grid is sampled
     once and cut into patches (`F.unfold`): (2r+1)^2 (2p+1)^2 bilinear reads become
-    (2r+2p+1)^2, with the same values (every read is at the anchor plus whole pixels).
+    (2r+2p+1)^2, with the same values (every read is at the anchor plus whole pixels;
+    tests/reference_correlation.py reads every patch on its own).
     image: [Nb, 3, H, W]; anchors: [Nb, Q, 2] -> [Nb, Q, (2r+1)^2, 3 (2p+1)^2].
     """
     batch, queries, _ = anchors.shape
@@ -95,7 +81,7 @@ def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius:
     region = region.reshape(batch * queries, side, side, -1).permute(0, 3, 1, 2)
     patches = F.unfold(region, 2 * patch_radius + 1)  # [Nb*Q, 3 (2p+1)^2, (2r+1)^2]
     patches = patches.transpose(1, 2).reshape(batch, queries, (2 * radius + 1) ** 2, -1)
-    return _zero_mean_unit(patches)
+    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
 
 
 def box_sums(values: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -169,10 +155,6 @@ def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
     dx = (col - radius).to(logits.dtype) + vertex(score(0, -1), score(0, 1))
     dy = (row - radius).to(logits.dtype) + vertex(score(-1, 0), score(1, 0))
     return torch.stack((dx, dy), -1)
-
-
-def _zero_mean_unit(patches: torch.Tensor) -> torch.Tensor:
-    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
 
 
 class LocalCorrelation(nn.Module):
@@ -258,12 +240,14 @@ class LocalCorrelation(nn.Module):
 
     def update(self, positions: torch.Tensor, maps: list[torch.Tensor],
                templates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move points by correlation, coarse to fine, always in float32: under bf16/fp16
-        autocast the NCC differences that pick the peak (0.01 and less) would be rounded away.
+        """Move points by correlation, coarse to fine.
 
-        positions: [Nb, N, 2] model coordinates (the gradient does not flow into them);
+        positions: [Nb, N, 2] model coordinates; the result is `positions` plus every level's
+        shift, so gradients reach both (only the sampling locations are detached).
         maps: per level [Nb, C, h, w]; templates: per level [Nb, N, C].
-        returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]), float32.
+        returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]), float32: the
+        update always runs in float32, since under bf16/fp16 autocast the NCC differences that
+        pick the peak (0.01 and less) would be rounded away.
         """
         with torch.autocast(positions.device.type, enabled=False):
             return self._update(positions.float(), [m.float() for m in maps],
@@ -271,12 +255,7 @@ class LocalCorrelation(nn.Module):
 
     def _update(self, positions: torch.Tensor, maps: list[torch.Tensor],
                 templates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move points by correlation, coarse to fine (float32 inputs, autocast off).
-
-        positions: [Nb, N, 2] model coordinates (the gradient does not flow into them);
-        maps: per level [Nb, C, h, w]; templates: per level [Nb, N, C].
-        returns (new positions [Nb, N, 2], visibility logit offset [Nb, N]).
-        """
+        """`update` on float32 inputs with autocast off."""
         visibility = positions.new_zeros(positions.shape[:-1])
         # `current` is the incoming position plus every level's shift, all with their gradients:
         # the supervised result trains every level and whatever produced `positions` (APU,
