@@ -23,7 +23,7 @@ from taptr.training.batch import make_batch
 from taptr.training.ema import ModelEma
 from taptr.training.losses import tracking_loss
 from taptr.training.optim import build_optimizer
-from taptr.training.trainer import resolve_amp
+from taptr.device import resolve_precision
 
 
 def make_fixed_batch(preset: str, frames: int, points: int, batch: int, device: torch.device):
@@ -42,7 +42,7 @@ def time_steps(preset: str, batch: dict, device: torch.device, steps: int, warmu
         model.backbone.requires_grad_(False)
     ema = ModelEma(model)
     optimizer = build_optimizer(model, 2e-4, 1e-5, 1e-4)
-    dtype = resolve_amp(amp, device)
+    dtype = resolve_precision(amp, device)
 
     def one_step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -93,7 +93,7 @@ def main() -> None:
         device = torch.device(name)
         label = (torch.cuda.get_device_name(device) if device.type == "cuda"
                  else f"cpu ({torch.get_num_threads()} threads)")
-        amp = "bf16" if resolve_amp(args.amp, device) == torch.bfloat16 else "fp32"
+        amp = "bf16" if resolve_precision(args.amp, device) == torch.bfloat16 else "fp32"
         for batch_size in (int(b) for b in args.batch.split(",")):
             batch = make_fixed_batch(args.preset, args.frames, args.points, batch_size, device)
             for backbone in args.backbone.split(","):

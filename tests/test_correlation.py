@@ -14,7 +14,7 @@ from taptr.data.sample import TrackingSample
 from taptr.models import build_model
 from taptr.models.correlation import LocalCorrelation, window_offsets
 from taptr.training.curves import baseline_scores, curve_table
-from taptr.training.distributed import DistributedContext
+from taptr.distributed import DistributedContext
 from taptr.training.sources import DifficultyRamp
 from taptr.training.trainer import Trainer, TrainConfig
 

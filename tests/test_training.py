@@ -25,7 +25,7 @@ from taptr.errors import TaptrError
 from taptr.training import checkpoint as ckpt
 from taptr.training.batch import make_batch
 from taptr.training.data import batch_stream
-from taptr.training.distributed import DistributedContext
+from taptr.distributed import DistributedContext
 from taptr.training.ema import ModelEma
 from taptr.training.losses import (LossWeights, masked_l1, sigmoid_focal_loss, tracking_loss,
                                    tracking_mask, visibility_focal_loss)
@@ -366,17 +366,17 @@ def test_two_process_ddp_on_cpu(tmp_path):
         "import sys, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_training import DriftingNoiseClips, tiny_config\n"
-        "from taptr.training.distributed import init_distributed, shutdown_distributed\n"
+        "from taptr.distributed import DistributedContext\n"
         "from taptr.training.trainer import Trainer\n"
         "from pathlib import Path\n"
-        "context = init_distributed('cpu')\n"
+        "context = DistributedContext.join('cpu')\n"
         "config = tiny_config(Path(sys.argv[1]), steps=2)\n"
         "trainer = Trainer(config, clip_source=DriftingNoiseClips(seed=10 + context.rank),"
         " context=context)\n"
         "trainer.run()\n"
         "digest = sum(float(p.double().sum()) for p in trainer.model.parameters())\n"
         "print(f'rank {context.rank} digest {digest:.12e}', flush=True)\n"
-        "shutdown_distributed(context)\n"
+        "context.close()\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(

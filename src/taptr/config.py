@@ -55,6 +55,9 @@ class ModelConfig:
     input_size: tuple[int, int] = (512, 512)
     window_size: int = 8
     window_stride: int = 4
+    # Dropout on the content carried from one window to the next (training only; the official
+    # code's value).
+    window_update_dropout: float = 0.6
     # Reproduce the official code's quirks (section 9 of the spec): the H/W swaps in query
     # initialisation and in the APU, and the eval-only long-video content padding. Needed only to
     # match official outputs bit for bit; for square inputs and T <= 24 it changes nothing.
@@ -92,6 +95,8 @@ class ModelConfig:
             raise TaptrError("correlation_radius and correlation_pixel_radius must be at least 1")
         if self.initialisation not in ("detr", "tracking"):
             raise TaptrError("initialisation must be 'detr' or 'tracking'")
+        if not 0.0 <= self.window_update_dropout < 1.0:
+            raise TaptrError("window_update_dropout must be in [0, 1)")
         if self.window_stride < 1 or self.window_size < self.window_stride:
             raise TaptrError("need 1 <= window_stride <= window_size")
 

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from taptr.errors import TaptrError
+from taptr.model_io import ModelIO
 from taptr.queries import as_query_array, validate_queries
-from taptr.tracker import VISIBLE_THRESHOLD
 
 
 @dataclass
@@ -54,15 +54,17 @@ class StreamUpdate:
 
 
 class OnlineTracker:
-    """A live tracking session over one video (see the module docstring).
+    """A live tracking session over one video (see the module docstring); made by
+    `Tracker.stream`.
 
+    io: the tracker's `ModelIO` (model, device, precision, frame and point conversion).
     queries: optional initial [N, 3] (t, x, y) rows, any future frame t.
     num_frames: the video's length when known; makes the result identical to offline.
     """
 
-    def __init__(self, tracker, queries=None, num_frames: int | None = None,
+    def __init__(self, io: ModelIO, queries=None, num_frames: int | None = None,
                  point_chunk: int | None = None):
-        self.tracker = tracker
+        self.io = io
         self.num_frames = num_frames
         self.point_chunk = point_chunk
         self.reset(queries)
@@ -141,8 +143,8 @@ class OnlineTracker:
         if not len(ids):
             return
         queries = self._queries[ids]
-        points = self.tracker.model_points(queries[:, 1:], self.video_size)
-        frames = torch.from_numpy(queries[:, 0].astype(np.int64))[None].to(self.tracker.device)
+        points = self.io.model_points(queries[:, 1:], self.video_size)
+        frames = torch.from_numpy(queries[:, 0].astype(np.int64))[None].to(self.io.device)
         self._model_stream.add_queries(points, frames)
         self._model_index[ids] = self._points_in_model + np.arange(len(ids))
         self._points_in_model += len(ids)
@@ -164,15 +166,15 @@ class OnlineTracker:
         if queries is not None:
             self.add_queries(queries, frame=self.frame_index)
         self.frame_index += 1
-        prepared = self.tracker.model_input([self.tracker.prepare_frame(frame)])
-        with torch.inference_mode(), self.tracker.autocast():
+        prepared = self.io.model_input([self.io.prepare_frame(frame)])
+        with torch.inference_mode(), self.io.autocast():
             return self._update(self._model_stream.push(prepared))
 
     def finish(self) -> StreamUpdate | None:
         """End of the video: returns every frame not returned yet."""
         if self._model_stream is None:
             return None
-        with torch.inference_mode(), self.tracker.autocast():
+        with torch.inference_mode(), self.io.autocast():
             return self._update(self._model_stream.finish())
 
     def _start(self, video_size: tuple[int, int]) -> None:
@@ -181,15 +183,15 @@ class OnlineTracker:
         waiting = np.flatnonzero(self._active & (self._model_index < 0))
         validate_queries(self._queries[waiting], self.num_frames,
                          video_size) if len(waiting) else None
-        device = self.tracker.device
-        self._model_stream = self.tracker.model.stream(
+        device = self.io.device
+        self._model_stream = self.io.model.stream(
             torch.zeros(1, 0, 2, device=device), torch.zeros(1, 0, dtype=torch.long, device=device),
             num_frames=self.num_frames, point_chunk=self.point_chunk)
         self._add_to_model(waiting)
 
     def _update(self, chunk) -> StreamUpdate | None:
         """A model chunk -> the update of the reported points (None when nothing is final)."""
-        output = self.tracker.to_pixels(chunk, self._points_in_model, self.video_size)
+        output = self.io.to_pixels(chunk, self._points_in_model, self.video_size)
         if output is None:
             return None
         frames = output.start + np.arange(len(output.positions))
@@ -203,7 +205,7 @@ class OnlineTracker:
         visibility = np.where(frames[None, :] == query_frames, 1.0,
                               np.where(pinned, 0.0, visibility)).astype(np.float32)
         return StreamUpdate(frames, ids, tracks.astype(np.float32),
-                            visibility > VISIBLE_THRESHOLD, visibility)
+                            visibility > self.io.visible_threshold, visibility)
 
 
 

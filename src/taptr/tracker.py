@@ -21,30 +21,21 @@ How a video is tracked:
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from taptr.coords import model_to_pixel, pixel_to_model
 from taptr.errors import TaptrError
 from taptr.io.video import open_video
-from taptr.models import TAPTRv2
-from taptr.models.inference import optimized_for_inference
-from taptr.preprocess import normalize, resize_frames
+from taptr.model_io import ModelIO, PixelChunk
 from taptr.queries import build_queries
 from taptr.result import TrackResult
+from taptr.streaming import OnlineTracker
 
-VISIBLE_THRESHOLD = 0.5
 # Official evaluation pads queries to 800 with static points restarting within 12 frames.
 PADDING_RESTART_FRAMES = 12
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16}
 
 
 def load_model(name_or_path=None):
@@ -61,63 +52,18 @@ def load_model(name_or_path=None):
     return load_weights(name_or_path)
 
 
-def resolve_device(device=None) -> torch.device:
-    """None -> CUDA when available, else CPU; strings such as "cuda:1" or "cpu" pass through."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise TaptrError(f"unknown device {device!r} (try cpu, cuda, cuda:0, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TaptrError(f"device {str(device)!r} requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TaptrError("device 'mps' requested but MPS is not available")
-    return device
-
-
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: None/fp32 -> None (full precision); bf16/fp16 -> autocast on `device`."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise TaptrError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
-        dtype = _DTYPES[dtype.lower()]
-    if dtype == torch.float32:
-        return None
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise TaptrError(f"unsupported dtype {dtype}; use fp32, bf16 or fp16")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise TaptrError("fp16 needs a GPU; on CPU use bf16 or fp32")
-    return dtype
-
-
-@dataclass
-class PixelChunk:
-    """Final frames [start, start + t) in video pixels: positions [t, n, 2], visibility [t, n]."""
-
-    start: int
-    positions: np.ndarray
-    visibility: np.ndarray
-
-
 class Tracker:
     """Tracks points with a TAPTRv2 model on CPU or GPU.
 
     model: a `taptr.models.TAPTRv2` (or anything with its `config` and `stream`).
     device: None = CUDA when available, else CPU. dtype: None/"fp32", or "bf16"/"fp16" to run
-    under autocast (bf16 also works on CPU).
+    under autocast (bf16 also works on CPU). Raises `TaptrError` for an unknown or unavailable
+    device or dtype. Feeding and reading the model (frames, points, precision) is `self.io`, a
+    `taptr.model_io.ModelIO`, shared with the online tracker.
     """
 
     def __init__(self, model, device=None, dtype=None):
-        self.device = resolve_device(device)
-        self.autocast_dtype = resolve_dtype(dtype, self.device)
-        if isinstance(model, TAPTRv2):
-            # Same function, faster: batch norms folded, channels-last backbone. The caller's
-            # model is left untouched (this is a copy).
-            model = optimized_for_inference(model)
-        self.model = model.to(self.device).eval()
+        self.io = ModelIO(model, device, dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path=None, device=None, dtype=None) -> "Tracker":
@@ -126,22 +72,27 @@ class Tracker:
         return cls(load_model(name_or_path), device, dtype)
 
     @property
+    def model(self):
+        """The network (an inference-optimised copy of the one given)."""
+        return self.io.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.io.device
+
+    @property
     def config(self):
-        return self.model.config
+        return self.io.config
 
     @property
     def input_size(self) -> tuple[int, int]:
         """Network input (H_in, W_in)."""
-        height, width = self.config.input_size
-        return int(height), int(width)
+        return self.io.input_size
 
     def __repr__(self) -> str:
         height, width = self.input_size
-        precision = "fp32"
-        if self.autocast_dtype is not None:
-            precision = str(self.autocast_dtype).replace("torch.", "")
         return (f"Tracker({self.config.name}, input {width}x{height}, {self.device}, "
-                f"{precision})")
+                f"{self.io.precision})")
 
     # ------------------------------------------------------------------ offline tracking
     def track(self, video, queries=None, grid=None, grid_frame: int = 0, mask=None,
@@ -182,14 +133,14 @@ class Tracker:
         points = np.arange(num_points)
         tracks[points, query_frames] = queries[:, 1:]
         visibility[points, query_frames] = 1.0
-        return TrackResult(tracks.astype(np.float32), visibility > VISIBLE_THRESHOLD, visibility,
+        return TrackResult(tracks.astype(np.float32), visibility > self.io.visible_threshold, visibility,
                            queries, source.size, source.fps, backward, source)
 
     def _forward(self, source, queries, tracks, visibility, bar, **options) -> None:
         """Frames from the earliest query frame on; fills each point from its query frame."""
         query_frames = queries[:, 0].astype(np.int64)
         start = int(query_frames.min())
-        frames = (self.prepare_frame(f) for f in source.iter_frames(start))
+        frames = (self.io.prepare_frame(f) for f in source.iter_frames(start))
         for out in self._run_pass(frames, source.num_frames - start, queries[:, 1:],
                                   query_frames - start, source.size, bar, **options):
             index = start + out.start + np.arange(len(out.positions))
@@ -200,7 +151,7 @@ class Tracker:
         fills each of those points before its query frame."""
         query_frames = queries[points, 0].astype(np.int64)
         length = int(query_frames.max()) + 1
-        frames = source.iter_frames_reversed(length, self.prepare_frame)
+        frames = source.iter_frames_reversed(length, self.io.prepare_frame)
         for out in self._run_pass(frames, length, queries[points, 1:],
                                   length - 1 - query_frames, source.size, bar, **options):
             index = length - 1 - (out.start + np.arange(len(out.positions)))
@@ -208,89 +159,28 @@ class Tracker:
 
     # ------------------------------------------------------------------ streaming
     def stream(self, queries=None, num_frames: int | None = None,
-               point_chunk: int | None = None):
+               point_chunk: int | None = None) -> OnlineTracker:
         """An online tracker: push frames one at a time, get tracks as soon as they are final.
 
         See `taptr.streaming.OnlineTracker`.
         """
-        from taptr.streaming import OnlineTracker
-
-        return OnlineTracker(self, queries, num_frames=num_frames, point_chunk=point_chunk)
-
-    # ------------------------------------------------------------------ model input/output
-    # Shared with the online tracker (taptr.streaming).
-    def prepare_frame(self, frame: np.ndarray) -> torch.Tensor:
-        """RGB uint8 [H, W, 3] -> resized uint8 [3, H_in, W_in] (small, for buffering)."""
-        tensor = torch.from_numpy(np.require(frame, requirements=("C", "W"))).permute(2, 0, 1)[None]
-        return resize_frames(tensor, self.input_size)[0]
-
-    def model_input(self, frames: list[torch.Tensor]) -> torch.Tensor:
-        """Prepared frames -> normalised [1, t, 3, H_in, W_in] on the device."""
-        return normalize(torch.stack(frames).to(self.device))[None]
-
-    def model_points(self, points_px: np.ndarray, video_size) -> torch.Tensor:
-        """[n, 2] pixels -> [1, n, 2] model coordinates (float32, on the model's device)."""
-        height, width = self.input_size
-        points = pixel_to_model(torch.from_numpy(points_px.astype(np.float64)), video_size,
-                                (width, height))
-        return points.float()[None].to(self.device)
-
-    def to_pixels(self, chunk, num_points: int, video_size) -> PixelChunk | None:
-        """A model `TrackChunk` -> its first `num_points` points in video pixels (None when
-        the chunk is empty)."""
-        if chunk is None or chunk.positions.shape[1] == 0:
-            return None
-        height, width = self.input_size
-        positions = chunk.positions[0, :, :num_points].float().cpu().double()
-        pixels = model_to_pixel(positions, video_size, (width, height)).float().numpy()
-        visibility = torch.sigmoid(chunk.vis_logits[0, :, :num_points, 1].float()).cpu().numpy()
-        return PixelChunk(int(chunk.start), pixels, visibility)
-
-    def autocast(self):
-        """The autocast context of this tracker's dtype (a no-op for fp32)."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return OnlineTracker(self.io, queries, num_frames=num_frames, point_chunk=point_chunk)
 
     # ------------------------------------------------------------------ one pass
-    def _run_pass(self, frames: Iterable[torch.Tensor], num_frames: int, points_px: np.ndarray,
-                  query_frames: np.ndarray, video_size, bar, point_chunk: int | None,
-                  padding_queries: int) -> Iterator[PixelChunk]:
-        """Push prepared frames through one model stream; yield final frames in pixels.
-
-        frames: prepared uint8 [3, H_in, W_in] tensors; points_px [n, 2]; query_frames [n]
-        relative to the pass's first frame.
-        """
+    def _run_pass(self, frames, num_frames: int, points_px: np.ndarray, query_frames: np.ndarray,
+                  video_size, bar, point_chunk: int | None, padding_queries: int):
+        """Track points [n, 2] (pixels) with query frames [n] (relative to the pass's first
+        frame) through prepared frames; yields `PixelChunk`s of final frames."""
         num_points = len(points_px)
-        points = self.model_points(points_px, video_size)
+        points = self.io.model_points(points_px, video_size)
         frame_ids = torch.from_numpy(query_frames.astype(np.int64))[None].to(self.device)
         if padding_queries > num_points:
             extra_points, extra_frames = padding_points(padding_queries - num_points, num_frames,
                                                         self.input_size)
             points = torch.cat((points, extra_points.to(self.device)), 1)
             frame_ids = torch.cat((frame_ids, extra_frames.to(self.device)), 1)
-        stride = self.config.window_stride
-        with torch.inference_mode(), self.autocast():
-            stream = self.model.stream(points, frame_ids, num_frames=num_frames,
-                                       point_chunk=point_chunk)
-            batch = []
-            for frame in frames:
-                batch.append(frame)
-                if len(batch) == stride:
-                    yield from self._final(stream.push(self.model_input(batch)), num_points,
-                                           video_size)
-                    bar.update(len(batch))
-                    batch = []
-            if batch:
-                yield from self._final(stream.push(self.model_input(batch)), num_points,
-                                       video_size)
-                bar.update(len(batch))
-            yield from self._final(stream.finish(), num_points, video_size)
-
-    def _final(self, chunk, num_points: int, video_size) -> Iterator[PixelChunk]:
-        converted = self.to_pixels(chunk, num_points, video_size)
-        if converted is not None:
-            yield converted
+        return self.io.run(frames, num_frames, points, frame_ids, video_size, num_points,
+                           point_chunk, on_frames=bar.update)
 
 
 def _fill(tracks, visibility, index, keep, out: PixelChunk, points=None) -> None:

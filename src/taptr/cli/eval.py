@@ -49,7 +49,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from taptr.data.tapvid import TapVidSource
-    from taptr.evaluation.evaluate import DistributedContext, EvalProtocol, evaluate
+    from taptr.distributed import DistributedContext
+    from taptr.evaluation.evaluate import EvalProtocol, evaluate
     from taptr.evaluation.report import (
         check_writable,
         format_table,
@@ -75,9 +76,9 @@ def run(args) -> int:
         pad_queries=args.pad_queries,
     )
     source = TapVidSource(args.data)  # fails fast on a bad --data, before loading a model
-    distributed = DistributedContext.from_environment()
+    distributed = DistributedContext.join(args.device, backend="gloo")
     try:
-        tracker = load_tracker(args.tracker, args.weights, distributed.device(args.device))
+        tracker = load_tracker(args.tracker, args.weights, distributed.device)
         results = evaluate(
             tracker,
             source,

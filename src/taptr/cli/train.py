@@ -168,7 +168,6 @@ def stop_on_signals(trainer):
 
 
 def run(args) -> int:
-    from taptr.training.distributed import shutdown_distributed
     from taptr.training.trainer import Trainer
 
     config = build_config(args)
@@ -179,7 +178,7 @@ def run(args) -> int:
         with stop_on_signals(trainer):
             result = trainer.run(until_step=args.stop_at)
     finally:
-        shutdown_distributed(trainer.context)
+        trainer.context.close()
     if trainer.context.is_main:
         summary = f"step {result.step}/{config.steps}; run folder {config.out}"
         if result.last_eval:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from taptr import coords
+from taptr.distributed import DistributedContext
 from taptr.evaluation.datasets import (
     METRIC_RESOLUTION,
     TapVidSource,
@@ -188,57 +189,6 @@ def average_metrics(records: Iterable[Mapping]) -> dict[str, float]:
     return {name: float(np.mean([r[name] for r in records])) for name in METRIC_NAMES}
 
 
-@dataclass
-class DistributedContext:
-    """This process's share of the videos: rank r of world takes indices r, r + world, ..."""
-
-    rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False
-
-    @classmethod
-    def from_environment(cls) -> "DistributedContext":
-        """Join the torchrun process group (gloo) when env WORLD_SIZE > 1."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        owns_group = not dist.is_initialized()
-        if owns_group:
-            dist.init_process_group(backend="gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), owns_group)
-
-    def device(self, requested: str | None) -> str | None:
-        """The device of this rank: 'cuda' becomes 'cuda:<LOCAL_RANK>' under torchrun."""
-        if self.world_size > 1 and requested in (None, "cuda"):
-            import torch
-
-            if torch.cuda.is_available():
-                return f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
-        return requested
-
-    def takes(self, index: int) -> bool:
-        return index % self.world_size == self.rank
-
-    def gather(self, items: list) -> list:
-        """Concatenation of every rank's `items` (every rank gets all of them)."""
-        if self.world_size == 1:
-            return list(items)
-        import torch.distributed as dist
-
-        gathered: list = [None] * self.world_size
-        dist.all_gather_object(gathered, list(items))
-        return [item for part in gathered for item in part]
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
 def evaluate(
     tracker,
     data: str | os.PathLike | TapVidSource,
@@ -286,8 +236,8 @@ def evaluate(
         bar.update(distributed.world_size)
     bar.close()
 
-    records = [record for _, record in sorted(distributed.gather(records), key=_first)]
-    skipped = [name for _, name in sorted(distributed.gather(skipped), key=_first)]
+    records = [record for _, record in sorted(distributed.gather_lists(records), key=_first)]
+    skipped = [name for _, name in sorted(distributed.gather_lists(skipped), key=_first)]
     return {
         "protocol": {
             **asdict(protocol),

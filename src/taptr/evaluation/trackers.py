@@ -8,16 +8,6 @@ from taptr.evaluation.baselines import BASELINES, make_baseline
 TRACKER_NAMES = ("taptr", *BASELINES)
 
 
-def default_device() -> str:
-    """'cuda' when a GPU is usable, else 'cpu'."""
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
-
-
 def load_tracker(name: str, weights: str | None = None, device: str | None = None):
     """A tracker with `track(video, queries=...)`.
 
@@ -35,4 +25,4 @@ def load_tracker(name: str, weights: str | None = None, device: str | None = Non
         from taptr.tracker import Tracker
     except ImportError as error:
         raise TaptrError(f"--tracker taptr is unavailable: cannot import taptr.tracker ({error})") from None
-    return Tracker.from_pretrained(weights, device=device or default_device())
+    return Tracker.from_pretrained(weights, device=device)

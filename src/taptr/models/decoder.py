@@ -51,6 +51,34 @@ class LayerOutputs:
     vis_logits: torch.Tensor
 
 
+def attention_based_position_update(reference: torch.Tensor, sample_weights: torch.Tensor,
+                                    offsets: torch.Tensor, layout: LevelLayout,
+                                    updated: torch.Tensor, official_compat: bool = False):
+    """The Attention-based Position Update (APU; the TAPTRv2 paper's central idea, official
+    `caupdate_*`): each point moves to the attention-weighted mean of its cross-attention
+    sampling offsets, so the position follows where the attention looked.
+
+    reference: [B, W, N, 4] positions (u, v, w, h) in [0, 1] before the layer;
+    sample_weights: [B*W, N, K] unnormalised weights of the K = M*L*P samples (the decoder
+    layer's MLP over the raw key-aware attention logits), soft-maxed here over all K;
+    offsets: [B*W, N, M, L, P, 2] sampling offsets in pixels of each level;
+    updated: [B, W, N] bool, frames after each point's query frame (only these move).
+    Returns (apu reference r_ca [B, W, N, 4], displacement [B, W, N, 2] in model coordinates).
+    """
+    batch, window, num_points = reference.shape[:3]
+    sizes = layout.sizes(offsets)  # (W, H) per level
+    # The official code divides (x, y) offsets by (H, W): only right for square maps.
+    normaliser = sizes.flip(-1) if official_compat else sizes
+    normalised = (offsets / normaliser[:, None, :]).flatten(2, 4)  # [BW, N, K, 2]
+    weights = sample_weights.softmax(-1)
+    shift = (weights[..., None] * normalised).sum(-2).view(batch, window, num_points, 2)
+    moved = torch.sigmoid(inverse_sigmoid(reference[..., :2] + shift))
+    moving = updated[..., None]
+    apu_reference = torch.where(moving, torch.cat((moved, reference[..., 2:]), -1), reference)
+    displacement = torch.where(moving, moved - reference[..., :2], torch.zeros_like(moved))
+    return apu_reference, displacement
+
+
 class DecoderLayer(nn.Module):
     """One TAPTRv2 decoder layer; module order configurable ('ca', 'tsa', 'sa', 'ffn').
 
@@ -109,18 +137,9 @@ class DecoderLayer(nn.Module):
             (content + query_pos).reshape(*flat, dim), reference[..., :2].reshape(*flat, 2),
             inputs.memory, inputs.layout, point_chunk)
         content = self.norm1(content + attended.view(batch, window, num_points, dim))
-        # APU: weights from an MLP over all heads' raw logits, one softmax over every sample.
-        sizes = inputs.layout.sizes(offsets)  # (W, H)
-        # Official code divides (x, y) offsets by (H, W): only right for square maps.
-        normaliser = sizes.flip(-1) if self.official_compat else sizes
-        normalised = (offsets / normaliser[:, None, :]).flatten(2, 4)  # [BW, N, K, 2]
         weights = self.caupdate_weight_regressor(self.caupdate_weight_normalizer(logits))
-        weights = weights.softmax(-1)
-        shift = (weights[..., None] * normalised).sum(-2).view(batch, window, num_points, 2)
-        moved = torch.sigmoid(inverse_sigmoid(reference[..., :2] + shift))
-        updated = inputs.updated[..., None]
-        apu_reference = torch.where(updated, torch.cat((moved, reference[..., 2:]), -1), reference)
-        displacement = torch.where(updated, moved - reference[..., :2], torch.zeros_like(moved))
+        apu_reference, displacement = attention_based_position_update(
+            reference, weights, offsets, inputs.layout, inputs.updated, self.official_compat)
         return content, apu_reference, displacement
 
     def _temporal_attention(self, content, query_pos, tracked):

@@ -45,5 +45,5 @@ def optimized_for_inference(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     fold_frozen_batchnorm(model.backbone)
     model.backbone.to(memory_format=torch.channels_last)
-    model.backbone_channels_last = True
+    model.channels_last_backbone = True
     return model

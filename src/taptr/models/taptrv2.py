@@ -16,11 +16,12 @@ from torch import nn
 from taptr.config import ModelConfig
 from taptr.models.backbone import build_backbone
 from taptr.models.correlation import LocalCorrelation
-from taptr.models.decoder import PointDecoder
+from taptr.models.common import inverse_sigmoid
+from taptr.models.decoder import PointDecoder, WindowInputs
 from taptr.models.deformable_attention import LevelLayout
 from taptr.models.encoder import Encoder
 from taptr.models.position_encoding import map_sine_encoding
-from taptr.models.windows import TrackStream
+from taptr.models.windows import FrameState, TrackStream, WindowBatch
 
 # Elements of a temporary tensor (32-bit) the model allows itself before chunking queries.
 CHUNK_BUDGET = 1 << 25
@@ -94,6 +95,9 @@ class TAPTRv2(nn.Module):
                                     self._build_correlation(config, self.backbone.stage_channels))
         self.window_updater = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(),
                                             nn.Linear(dim, dim))
+        # Inference option (set by `optimized_for_inference`): backbone input in channels-last
+        # memory format, faster convolutions on CPU.
+        self.channels_last_backbone = False
         for projection in self.input_proj:
             nn.init.xavier_uniform_(projection[0].weight)
             nn.init.zeros_(projection[0].bias)
@@ -114,7 +118,7 @@ class TAPTRv2(nn.Module):
 
     def encode(self, frames: torch.Tensor) -> FrameFeatures:
         """frames [Nb, 3, H, W] normalised -> `FrameFeatures` (memory and correlation maps)."""
-        if getattr(self, "backbone_channels_last", False):
+        if self.channels_last_backbone:
             frames = frames.contiguous(memory_format=torch.channels_last)
         stages = [stage.contiguous() for stage in self.backbone(frames)]
         correlation = self.decoder.correlation
@@ -165,6 +169,59 @@ class TAPTRv2(nn.Module):
             samples.append(sampled[..., 0].transpose(1, 2))
         return self.query_initializer(torch.cat(samples, -1))
 
+    # ------------------------------------------------------------------ one window
+    def decode_window(self, window: WindowBatch,
+                      point_chunk: int | None = None) -> list[FrameState] | None:
+        """Decode one window and carry its content over (the official window loop).
+
+        The window's frames are stacked, every decoder layer runs over them (`PointDecoder`),
+        each frame's state is replaced where a point is updated (frames after its query frame),
+        and the content of updated points gets the window update: `window_updater` over
+        (initial content, window content, last layer's fused feature), with dropout
+        `config.window_update_dropout` in training. Returns the window's new `FrameState`s
+        (oldest first), or None when no point is updated in it (nothing changes).
+        """
+        frame_ids = window.frame_ids
+        query_frames = window.query_frames[:, None, :]
+        tracked = frame_ids[None, :, None] >= query_frames  # [B, W, N]
+        updated = frame_ids[None, :, None] > query_frames
+        if not bool(updated.any()):
+            return None
+        states = window.states
+        content = torch.stack([s.content for s in states], 1)  # [B, W, N, C]
+        reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
+        memory = torch.stack(window.memory, 1).flatten(0, 1)
+        inputs = WindowInputs(content, reference, memory, tracked, updated, window.layout)
+        if window.correlation_maps:
+            inputs.correlation_maps = [
+                torch.stack([maps[level] for maps in window.correlation_maps], 1).flatten(0, 1)
+                for level in range(len(window.templates))]
+            inputs.templates = window.templates
+        layers = self.decoder(inputs, point_chunk)
+        write = updated[None, ..., None]  # [1, B, W, N, 1]
+        old_positions = torch.stack([s.position_logits for s in states], 2)
+        old_apu = torch.stack([s.apu_logits for s in states], 2)
+        old_vis = torch.stack([s.vis_logits for s in states], 2)
+        positions = torch.where(write, torch.stack([o.position_logits for o in layers]),
+                                old_positions)
+        apu = torch.where(write, torch.stack([inverse_sigmoid(o.apu_positions) for o in layers]),
+                          old_apu)
+        vis = torch.where(write, torch.stack([o.vis_logits for o in layers]), old_vis)
+        carried = self.window_updater(torch.cat(
+            (window.initial_content[:, None].expand_as(content), content, layers[-1].fused), -1))
+        carried = F.dropout(carried, p=self.config.window_update_dropout, training=self.training)
+        content = content + torch.where(updated[..., None], carried, torch.zeros_like(carried))
+        return [FrameState(positions[:, :, offset], apu[:, :, offset], vis[:, :, offset],
+                           content[:, offset]) for offset in range(len(states))]
+
+    @staticmethod
+    def propagate(tail: FrameState, later: FrameState, with_content: bool = True) -> FrameState:
+        """The state of a frame after the window that ended before it (official): the window's
+        last frame's positions and visibility, and its content when `with_content` (the
+        official long-video evaluation keeps the old content in some windows)."""
+        return FrameState(tail.position_logits, tail.apu_logits, tail.vis_logits,
+                          tail.content if with_content else later.content)
+
     # ------------------------------------------------------------------ tracking
     def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
                num_frames: int | None = None, point_chunk: int | None = None) -> TrackStream:
@@ -183,13 +240,8 @@ class TAPTRv2(nn.Module):
 
         video: [B, T, 3, H, W] normalised; query_points: [B, N, 2] (u, v); query_frames [B, N].
         """
-        num_frames = video.shape[1]
-        stream = self.stream(query_points, query_frames, num_frames, point_chunk)
-        chunks = []
-        for start in range(0, num_frames, self.config.window_stride):
-            chunks.append(stream.push(video[:, start:start + self.config.window_stride]))
-        chunks.append(stream.finish())
-        chunks = [c for c in chunks if c is not None]
+        stream = self.stream(query_points, query_frames, video.shape[1], point_chunk)
+        chunks = list(stream.run(video.split(self.config.window_stride, dim=1)))
         position_logits = torch.cat([c.layer_position_logits for c in chunks], 2)
         vis_logits = torch.cat([c.layer_vis_logits for c in chunks], 2)
         boxes = torch.sigmoid(position_logits[-1])

@@ -1,22 +1,22 @@
-"""The sliding-window loop of TAPTRv2 as a stream: frames in, final tracks out.
+"""The window loop of TAPTRv2 as a stream: frames in, final tracks out.
 
-Frames are encoded as they arrive; a window of `window_size` frames is decoded as soon as its
-frames are present (windows start every `window_stride` frames; the last one is aligned to the
-video's end). After each window its frames are written back where a point is updated, the tail
-state is propagated to every later frame, and the content carried over (spec section 5).
-A frame is returned once no later window can change it, and its features and states are freed:
-memory does not grow with the video's length.
+This module schedules, buffers and frees; the arithmetic of a window is the model's
+(`TAPTRv2.decode_window` and `TAPTRv2.propagate`). Frames are encoded as they arrive; a window
+of `window_size` frames is decoded as soon as its frames are present (windows start every
+`window_stride` frames; the last one is aligned to the video's end, docs/architecture.md,
+"Sliding windows"). After each window its states are stored and the last frame's state is
+propagated to every later frame. A frame is returned once no later window can change it, and
+its features and states are freed: memory does not grow with the video's length.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from taptr.models.common import inverse_sigmoid
-from taptr.models.decoder import WindowInputs
 
 
 @dataclass
@@ -82,6 +82,26 @@ class _Queries:
     initialised: torch.Tensor  # [B, N] bool: content sampled from the query frame
     initial_content: torch.Tensor  # [B, N, C]
     templates: list[torch.Tensor]  # per correlation level [B, N, C_l] (ours; empty without)
+
+
+@dataclass
+class WindowBatch:
+    """One window as the stream hands it to `TAPTRv2.decode_window`.
+
+    frame_ids: [W] absolute frame indices; states: those frames' `FrameState`s; memory: per
+    frame [B, S, C]; correlation_maps: per frame, per correlation level [B, C_l, h_l, w_l]
+    (ours; empty without the correlation update); query_frames: [B, N]; initial_content:
+    [B, N, C] (content sampled at each query frame); templates: per level [B, N, C_l] (ours).
+    """
+
+    frame_ids: torch.Tensor
+    states: list[FrameState]
+    memory: list[torch.Tensor]
+    correlation_maps: list[list[torch.Tensor]]
+    layout: object
+    query_frames: torch.Tensor
+    initial_content: torch.Tensor
+    templates: list[torch.Tensor]
 
 
 class TrackStream:
@@ -226,6 +246,17 @@ class TrackStream:
             raise ValueError(f"stream got {self.received} of {self.num_frames} frames")
         return self._advance(final=True)
 
+    def run(self, batches: Iterable[torch.Tensor]) -> Iterator[TrackChunk]:
+        """Push every batch of frames [B, t, 3, H, W], then finish; yields each non-empty
+        `TrackChunk` (the one loop that feeds a stream, for training and tracking alike)."""
+        for frames in batches:
+            chunk = self.push(frames)
+            if chunk is not None:
+                yield chunk
+        chunk = self.finish()
+        if chunk is not None:
+            yield chunk
+
     def _next_window(self, final: bool) -> int | None:
         if self.schedule is not None:
             if self.windows_run < len(self.schedule):
@@ -263,49 +294,29 @@ class TrackStream:
         return frame - self.first_buffered
 
     def _run_window(self, start: int, end: int) -> None:
-        frame_ids = torch.arange(start, end, device=self.device)
-        query_frames = self.queries.frames[:, None, :]
-        tracked = frame_ids[None, :, None] >= query_frames  # [B, W, N]
-        updated = frame_ids[None, :, None] > query_frames
-        if not bool(updated.any()):
+        """Hand frames [start, end) to the model, store what it returns, and propagate the
+        window's last frame to every later frame (held ones and the future)."""
+        first, last = self._state_index(start), self._state_index(end)
+        window = WindowBatch(
+            frame_ids=torch.arange(start, end, device=self.device),
+            states=self.frames[first:last],
+            memory=[self.memory[frame] for frame in range(start, end)],
+            correlation_maps=([self.correlation_maps[frame] for frame in range(start, end)]
+                              if self.correlation_maps else []),
+            layout=self.layout,
+            query_frames=self.queries.frames,
+            initial_content=self.queries.initial_content,
+            templates=self.queries.templates)
+        states = self.model.decode_window(window, self.point_chunk)
+        if states is None:  # no point is updated in this window
             return
-        states = self.frames[self._state_index(start):self._state_index(end)]
-        content = torch.stack([s.content for s in states], 1)  # [B, W, N, C]
-        reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
-        memory = torch.stack([self.memory[f] for f in range(start, end)], 1).flatten(0, 1)
-        inputs = WindowInputs(content, reference, memory, tracked, updated, self.layout)
-        if self.correlation_maps:
-            inputs.correlation_maps = [
-                torch.stack([self.correlation_maps[f][level] for f in range(start, end)], 1)
-                .flatten(0, 1) for level in range(len(self.queries.templates))]
-            inputs.templates = self.queries.templates
-        layers = self.model.decoder(inputs, self.point_chunk)
-        write = updated[None, ..., None]  # [1, B, W, N, 1]
-        old_positions = torch.stack([s.position_logits for s in states], 2)
-        old_apu = torch.stack([s.apu_logits for s in states], 2)
-        old_vis = torch.stack([s.vis_logits for s in states], 2)
-        positions = torch.where(write, torch.stack([o.position_logits for o in layers]),
-                                old_positions)
-        apu = torch.where(write, torch.stack([inverse_sigmoid(o.apu_positions) for o in layers]),
-                          old_apu)
-        vis = torch.where(write, torch.stack([o.vis_logits for o in layers]), old_vis)
-        carried = self.model.window_updater(torch.cat(
-            (self.queries.initial_content[:, None].expand_as(content), content,
-             layers[-1].fused), -1))
-        carried = F.dropout(carried, p=0.6, training=self.model.training)
-        content = content + torch.where(updated[..., None], carried, torch.zeros_like(carried))
-        for offset in range(end - start):
-            self.frames[self._state_index(start) + offset] = FrameState(
-                positions[:, :, offset], apu[:, :, offset], vis[:, :, offset], content[:, offset])
-        # Propagate the tail to every later frame (held ones and the future).
-        tail = self.frames[self._state_index(end - 1)]
-        pad_content = self.windows_run % self.content_padding_gap == 0
-        def padded(state: FrameState) -> FrameState:
-            return FrameState(tail.position_logits, tail.apu_logits, tail.vis_logits,
-                              tail.content if pad_content else state.content)
+        self.frames[first:last] = states
+        tail = states[-1]
+        with_content = self.windows_run % self.content_padding_gap == 0
         for frame in range(end, self.received):
-            self.frames[self._state_index(frame)] = padded(self.frames[self._state_index(frame)])
-        self.future = padded(self.future)
+            index = self._state_index(frame)
+            self.frames[index] = self.model.propagate(tail, self.frames[index], with_content)
+        self.future = self.model.propagate(tail, self.future, with_content)
 
     def _emit(self, ready: int) -> TrackChunk | None:
         if ready <= self.emitted:

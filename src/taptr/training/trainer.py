@@ -35,11 +35,11 @@ from torch import nn
 from tqdm import tqdm
 
 from taptr.config import ModelConfig, dataclass_from_dict, get_preset
+from taptr.device import autocast, resolve_precision
+from taptr.distributed import DistributedContext
 from taptr.errors import TaptrError
 from taptr.training import checkpoint as ckpt
 from taptr.training.data import batch_stream, derive_seed
-from taptr.training.distributed import (DistributedContext, any_rank, barrier, gather_objects,
-                                        init_distributed)
 from taptr.training.ema import ModelEma
 from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
 from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
@@ -187,13 +187,6 @@ def seed_global_generators(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for an `amp` setting on a device (None: full precision)."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
 def config_differences(saved: dict, current: dict, names: Sequence[str]) -> list[str]:
     """'name: saved -> current' for each named field that differs (JSON-normalised)."""
     def normalise(value):
@@ -217,7 +210,7 @@ class Trainer:
                  eval_samples: Sequence | None = None, model: nn.Module | None = None,
                  context: DistributedContext | None = None):
         self.config = config
-        self.context = context or init_distributed(config.device)
+        self.context = context or DistributedContext.join(config.device)
         self.device = self.context.device
         self.out = Path(config.out)
         self.stop_requested = False
@@ -255,7 +248,7 @@ class Trainer:
         self.schedule = LrSchedule(config.schedule, config.steps, config.warmup_steps,
                                    config.lr_milestones, config.lr_gamma, config.min_lr_factor)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
-        self.autocast_dtype = resolve_amp(config.amp, self.device)
+        self.autocast_dtype = resolve_precision(config.amp, self.device)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.autocast_dtype == torch.float16 else None)
         self.loss_weights = LossWeights()
@@ -315,7 +308,7 @@ class Trainer:
                              "or choose another --out")
         if self.context.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        barrier(self.context)
+        self.context.barrier()
 
     def _check_resume_compatible(self, checkpoint: dict) -> None:
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -393,10 +386,10 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write last.pt (rank 0) with every rank's random state (a collective)."""
-        rng_states = gather_objects(self.context, self._boundary_rng)
+        rng_states = self.context.gather(self._boundary_rng)
         if self.context.is_main:
             ckpt.save_checkpoint(self.out / "last.pt", self._checkpoint_state(rng_states))
-        barrier(self.context)
+        self.context.barrier()
 
     def export_ema(self, name: str = "ema.safetensors") -> Path | None:
         """EMA weights as safetensors with the model config (rank 0 only)."""
@@ -462,16 +455,11 @@ class Trainer:
         return self.eval_samples
 
     # ------------------------------------------------------------------ one step
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _micro_batch(self, batch: dict, last: bool, sums: dict) -> None:
         sync = (contextlib.nullcontext() if last or not self.context.enabled
                 else self.ddp_model.no_sync())
         with sync:
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 output = self.ddp_model(batch["video"], batch["query_points"],
                                         batch["query_frames"], return_layers=True)
             loss, parts = tracking_loss(output, batch, self.loss_weights)
@@ -632,7 +620,7 @@ class Trainer:
                     self.save_checkpoint()
                 if self.step % config.export_every == 0 and self.step < final_step:
                     self.export_ema()
-                if any_rank(self.context, self.stop_requested or time_up):
+                if self.context.any(self.stop_requested or time_up):
                     if time_up:
                         self._print(f"max_minutes {config.max_minutes:g} reached at step "
                                     f"{self.step}")

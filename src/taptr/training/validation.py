@@ -8,7 +8,6 @@ fraction within 1-16 px) and OA (occlusion accuracy), each the mean over clips.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from taptr import coords
+from taptr.device import autocast
 from taptr.evaluation.metrics import compute_tapvid_metrics
 from taptr.training.batch import make_batch
 
@@ -78,9 +78,7 @@ def evaluate_samples(model: nn.Module, samples: Sequence, input_size: tuple[int,
         for first in range(0, len(samples), batch_size):
             chunk = samples[first:first + batch_size]
             batch = make_batch(chunk, input_size, device=device)
-            autocast = (torch.autocast(device.type, dtype=autocast_dtype)
-                        if autocast_dtype is not None else contextlib.nullcontext())
-            with autocast:
+            with autocast(device, autocast_dtype):
                 output = model(batch["video"], batch["query_points"], batch["query_frames"])
             visibility = torch.sigmoid(output.vis_logits[..., 1].float())
             for index, sample in enumerate(chunk):

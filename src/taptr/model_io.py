@@ -1,0 +1,137 @@
+"""The boundary between a user's video and points and the model, shared by `Tracker` (offline)
+and `OnlineTracker` (live): device and precision, frame preparation, point conversion both ways,
+the visibility threshold, and the one loop that feeds a model stream.
+
+Frames: RGB uint8 [H, W, 3] of the video -> resized uint8 [3, H_in, W_in] (`prepare_frame`,
+kept small for buffering) -> normalised float [1, t, 3, H_in, W_in] on the device
+(`model_input`). Points: video pixels <-> model coordinates through `taptr.coords` (exact for
+any resolution and aspect ratio; docs/conventions.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from taptr.coords import model_to_pixel, pixel_to_model
+from taptr.device import autocast, precision_name, resolve_device, resolve_precision
+from taptr.models import TAPTRv2
+from taptr.models.inference import optimized_for_inference
+from taptr.preprocess import normalize, resize_frames
+
+# A point is reported visible when sigmoid(visibility logit) exceeds this (official value).
+VISIBLE_THRESHOLD = 0.5
+
+
+@dataclass
+class PixelChunk:
+    """Final frames [start, start + t) in video pixels: positions [t, n, 2], visibility [t, n]
+    (probability)."""
+
+    start: int
+    positions: np.ndarray
+    visibility: np.ndarray
+
+
+class ModelIO:
+    """A TAPTRv2 model on a device, with everything needed to feed it and read it.
+
+    model: a `taptr.models.TAPTRv2` (copied and optimised for inference: batch norms folded,
+    channels-last backbone) or anything with its `config` and `stream`.
+    device: as `taptr.device.resolve_device` (None = CUDA when available, else CPU).
+    precision: as `taptr.device.resolve_precision` (None/"fp32", "bf16", "fp16").
+    Raises `TaptrError` for an unknown or unavailable device or precision.
+    """
+
+    def __init__(self, model, device=None, precision=None):
+        self.device = resolve_device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        if isinstance(model, TAPTRv2):
+            model = optimized_for_inference(model)
+        self.model = model.to(self.device).eval()
+        self.visible_threshold = VISIBLE_THRESHOLD
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input (H_in, W_in)."""
+        height, width = self.config.input_size
+        return int(height), int(width)
+
+    @property
+    def precision(self) -> str:
+        """'fp32', 'bf16' or 'fp16'."""
+        return precision_name(self.autocast_dtype)
+
+    def autocast(self):
+        """The autocast context of this precision (a no-op for fp32)."""
+        return autocast(self.device, self.autocast_dtype)
+
+    # ------------------------------------------------------------------ frames and points
+    def prepare_frame(self, frame: np.ndarray) -> torch.Tensor:
+        """RGB uint8 [H, W, 3] -> resized uint8 [3, H_in, W_in] (small, for buffering)."""
+        tensor = torch.from_numpy(np.require(frame, requirements=("C", "W"))).permute(2, 0, 1)
+        return resize_frames(tensor[None], self.input_size)[0]
+
+    def model_input(self, frames: list[torch.Tensor]) -> torch.Tensor:
+        """Prepared frames -> normalised [1, t, 3, H_in, W_in] on the device."""
+        return normalize(torch.stack(frames).to(self.device))[None]
+
+    def model_points(self, points_px: np.ndarray, video_size: tuple[int, int]) -> torch.Tensor:
+        """[n, 2] (x, y) video pixels -> [1, n, 2] model coordinates (float32, on the device).
+        video_size: (W, H)."""
+        height, width = self.input_size
+        points = pixel_to_model(torch.from_numpy(points_px.astype(np.float64)), video_size,
+                                (width, height))
+        return points.float()[None].to(self.device)
+
+    def to_pixels(self, chunk, num_points: int, video_size: tuple[int, int]) -> PixelChunk | None:
+        """A model `TrackChunk` -> its first `num_points` points in video pixels (None when the
+        chunk is empty). video_size: (W, H)."""
+        if chunk is None or chunk.positions.shape[1] == 0:
+            return None
+        height, width = self.input_size
+        positions = chunk.positions[0, :, :num_points].float().cpu().double()
+        pixels = model_to_pixel(positions, video_size, (width, height)).float().numpy()
+        visibility = torch.sigmoid(chunk.vis_logits[0, :, :num_points, 1].float()).cpu().numpy()
+        return PixelChunk(int(chunk.start), pixels, visibility)
+
+    # ------------------------------------------------------------------ one pass
+    def run(self, frames: Iterable[torch.Tensor], num_frames: int, points: torch.Tensor,
+            query_frames: torch.Tensor, video_size: tuple[int, int], num_points: int,
+            point_chunk: int | None = None, on_frames=None) -> Iterator[PixelChunk]:
+        """Push prepared frames through one model stream in `window_stride`-sized batches, then
+        finish it; yield the final frames of the first `num_points` points in video pixels.
+
+        frames: prepared uint8 [3, H_in, W_in]; points [1, N, 2] model coordinates (N >=
+        num_points: extra points, e.g. padding, are tracked but not returned); query_frames
+        [1, N] relative to the first frame; on_frames(count) after each batch is pushed.
+        """
+        with torch.inference_mode(), self.autocast():
+            stream = self.model.stream(points, query_frames, num_frames=num_frames,
+                                       point_chunk=point_chunk)
+            for chunk in stream.run(self._batches(frames, on_frames)):
+                converted = self.to_pixels(chunk, num_points, video_size)
+                if converted is not None:
+                    yield converted
+
+    def _batches(self, frames: Iterable[torch.Tensor], on_frames) -> Iterator[torch.Tensor]:
+        stride = self.config.window_stride
+        batch: list[torch.Tensor] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) == stride:
+                yield self.model_input(batch)
+                if on_frames is not None:
+                    on_frames(len(batch))
+                batch = []
+        if batch:
+            yield self.model_input(batch)
+            if on_frames is not None:
+                on_frames(len(batch))
