@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from taptr.data.synthetic import SceneConfig, SceneGenerator, SyntheticDataset, write_heldout_set
+from taptr.data.synthetic import SceneConfig, SceneGenerator, write_heldout_set
 from taptr.data.synthetic_effects import jpeg_artifacts
 from taptr.data.synthetic_render import render_layout
 from taptr.data.synthetic_motion import (
@@ -283,17 +283,6 @@ def test_missing_texture_folder_is_a_user_error(tmp_path):
         TextureLibrary.load(tmp_path / "nope")
     with pytest.raises(TaptrError):
         SceneConfig(difficulty=2.0)
-
-
-def test_dataset_streams_differ_by_rank_and_repeat():
-    config = small_config(num_frames=4, num_points=16)
-    rank0 = iter(SyntheticDataset(config, seed=1, rank=0))
-    first, second = next(rank0), next(rank0)
-    again = next(iter(SyntheticDataset(config, seed=1, rank=0)))
-    other_rank = next(iter(SyntheticDataset(config, seed=1, rank=1)))
-    assert torch.equal(first.video, again.video)
-    assert not torch.equal(first.video, second.video)
-    assert not torch.equal(first.video, other_rank.video)
 
 
 def test_texture_fetch_keeps_photos_only(tmp_path):

@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from taptr.config import ModelConfig
 from taptr.errors import TaptrError
+from taptr.io.atomic import atomic_path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_WEIGHTS = "taptr-small"
@@ -56,12 +57,8 @@ def save_weights(model, path: str | os.PathLike, dtype: torch.dtype | None = Non
         tensors[name] = tensor.contiguous()
     metadata = {"format": "taptr", "config": model.config.to_json()}
     metadata.update(extra_metadata or {})
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

@@ -14,7 +14,7 @@ import sys
 
 from taptr.errors import TaptrError
 
-SUBCOMMANDS = ("track", "eval", "train", "demo", "convert", "textures")
+SUBCOMMANDS = ("track", "eval", "train", "demo", "app", "convert", "textures")
 
 
 def build_parser() -> argparse.ArgumentParser:

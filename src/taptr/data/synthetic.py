@@ -11,7 +11,6 @@ the nearer layers) and the frame bounds.
     config = SceneConfig(size=(256, 256), num_frames=24, num_points=256, textures="textures/")
     sample = SceneGenerator(config).generate(seed=0)          # a TrackingSample
     samples = SceneGenerator(config, device="cuda").generate_batch(range(64))
-    for sample in SyntheticDataset(config, seed=0, rank=0): ...  # forever, for DataLoaders
     write_heldout_set("heldout.pkl", 50, config, seed=1234, textures="textures/")
 
 Everything is a deterministic function of the seed (and the device: CPU and GPU give the same
@@ -24,12 +23,11 @@ frames, `synthetic_points` computes the ground truth, `synthetic_effects` degrad
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from taptr.data.sample import TrackingSample
 from taptr.data.seeding import derive_seed
@@ -45,7 +43,6 @@ __all__ = [
     "SceneConfig",
     "SceneGenerator",
     "SceneBatch",
-    "SyntheticDataset",
     "derive_seed",
     "write_heldout_set",
 ]
@@ -172,52 +169,6 @@ class SceneGenerator:
             for scene, (seed, scene_points) in enumerate(zip(seeds, points))
         ]
         return SceneBatch(samples, layout, rendered, points, effects)
-
-
-class SyntheticDataset(IterableDataset):
-    """An endless stream of synthetic clips, different for every rank and DataLoader worker.
-
-    Clip i of worker w on rank r comes from seed `derive_seed(seed, r, w, i)`, so runs are
-    reproducible for a fixed number of ranks and workers.
-
-    Args:
-        config: what to generate.
-        seed: the run's data seed.
-        rank: the distributed rank.
-        textures: a loaded `TextureLibrary` (default: from `config.textures`).
-        device: where to render (keep "cpu" inside DataLoader workers).
-        scenes_per_batch: clips rendered together (useful on a GPU).
-    """
-
-    def __init__(
-        self,
-        config: SceneConfig,
-        seed: int = 0,
-        rank: int = 0,
-        textures: TextureLibrary | None = None,
-        device: torch.device | str = "cpu",
-        scenes_per_batch: int = 1,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.device = device
-        self.scenes_per_batch = max(1, int(scenes_per_batch))
-        self.generator = SceneGenerator(config, textures, device)
-
-    def scene_seed(self, worker: int, index: int) -> int:
-        """The seed of clip `index` of DataLoader worker `worker` on this rank."""
-        return derive_seed(self.seed, self.rank, worker, index)
-
-    def __iter__(self) -> Iterator[TrackingSample]:
-        worker_info = get_worker_info()
-        worker = worker_info.id if worker_info is not None else 0
-        index = 0
-        while True:
-            seeds = [self.scene_seed(worker, index + k) for k in range(self.scenes_per_batch)]
-            index += self.scenes_per_batch
-            yield from self.generator.generate_batch(seeds)
 
 
 def _heldout_textures(config: SceneConfig, textures) -> TextureLibrary:

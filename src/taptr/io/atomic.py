@@ -1,5 +1,6 @@
-"""Atomic file writes: write next to the target, then `os.replace`, so a reader (or a crash)
-never sees a half-written output."""
+"""Atomic file writes, the one implementation every writer uses (tracks, overlays, reports,
+weights, checkpoints, datasets): write next to the target, flush it to disk, then `os.replace`,
+so a reader (or a crash) never sees a half-written output."""
 
 from __future__ import annotations
 
@@ -27,11 +28,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temp_path = _create_unique(folder, target)
     try:
         yield temp_path
+        _flush_to_disk(temp_path)
         os.replace(temp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
             temp_path.unlink()
         raise
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync a written file, so the rename cannot land before its content (power loss)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _create_unique(folder: Path, target: Path) -> Path:

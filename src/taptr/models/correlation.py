@@ -176,7 +176,6 @@ class LocalCorrelation(nn.Module):
         self.pixel_patch = pixel_patch
         pixel_radius = radius if pixel_radius is None else pixel_radius
         self.radii = [radius] * len(stage_channels) + ([pixel_radius] if pixel_patch else [])
-        levels = len(self.radii)
         self.projections = nn.ModuleList(nn.Conv2d(c, c, 1) for c in stage_channels)
         self.initial_scales = [initial_scale] * len(stage_channels) + (
             [pixel_scale] if pixel_patch else [])

@@ -1,7 +1,7 @@
 """Training checkpoints: atomic save, safe load, random-generator states.
 
 A checkpoint is a plain dict of tensors, dicts, lists, tuples, ints, floats, strings and None,
-written with `torch.save` to a temporary file and moved into place with `os.replace` (a crash
+written through `taptr.io.atomic.atomic_path` (temporary file, fsync, `os.replace`: a crash
 never leaves a half-written `last.pt`), and read back with `torch.load(weights_only=True)`
 (no arbitrary unpickling).
 """
@@ -16,22 +16,15 @@ import numpy as np
 import torch
 
 from taptr.errors import TaptrError
+from taptr.io.atomic import atomic_path
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write `state` to `path` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -20,14 +20,14 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from taptr.data.synthetic_config import SceneConfig
 from taptr.errors import TaptrError
-from taptr.training.data import derive_seed
+from taptr.data.seeding import derive_seed
 
 VALIDATION_SETS: dict[str, SceneConfig] = {
     "easy": SceneConfig(size=(256, 320), num_frames=24, num_points=64, difficulty=0.2,

@@ -14,7 +14,6 @@ DataLoader worker processes (rendering on CPU, batches pinned and copied asynchr
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import sys
 from typing import Callable, Iterator
@@ -25,12 +24,6 @@ from torch.utils.data import DataLoader, Dataset
 from taptr.training.batch import make_batch
 
 ClipSource = Callable[[int], object]
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any tuple of ints and strings (stable across runs and platforms)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class IndexedClips(Dataset):

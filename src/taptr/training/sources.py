@@ -20,7 +20,7 @@ import torch
 
 from taptr.config import ModelConfig
 from taptr.errors import TaptrError
-from taptr.training.data import derive_seed
+from taptr.data.seeding import derive_seed
 
 VALIDATION_SEED = 20261130
 

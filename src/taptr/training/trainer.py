@@ -39,7 +39,8 @@ from taptr.device import autocast, resolve_precision
 from taptr.distributed import DistributedContext
 from taptr.errors import TaptrError
 from taptr.training import checkpoint as ckpt
-from taptr.training.data import batch_stream, derive_seed
+from taptr.data.seeding import derive_seed
+from taptr.training.data import batch_stream
 from taptr.training.ema import ModelEma
 from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
 from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
