@@ -109,3 +109,46 @@ def pixel_aligned_to_metric(points, video_size, metric_size: float = 255.0):
         metric_size / max(video_size[0] - 1, 1),
         metric_size / max(video_size[1] - 1, 1),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# "Inside the frame": three named rules, each used wherever that question is asked.
+# Pixel centres are at integers, so pixel (i, j) covers [i - 0.5, i + 0.5) x [j - 0.5, j + 0.5).
+
+def on_image(points, size):
+    """bool `[...]`: (x, y) pixels lie on the image area, -0.5 <= x <= W - 0.5 and
+    -0.5 <= y <= H - 0.5 (edges included). size: (W, H).
+
+    The rule for user input (queries, `taptr.queries`) and for classical trackers' results.
+    """
+    x, y = points[..., 0], points[..., 1]
+    width, height = size
+    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+
+
+def within_pixel_centres(points, size):
+    """bool `[...]`: (x, y) pixels lie between the outermost pixel centres, 0 <= x <= W - 1 and
+    0 <= y <= H - 1. size: (W, H). NaN is outside.
+
+    The rule for ground-truth visibility of generated and Kubric clips; in model coordinates it
+    is `in_unit_square` (u = x_in / (W_in - 1)).
+    """
+    x, y = points[..., 0], points[..., 1]
+    width, height = size
+    return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+
+
+def in_unit_square(points):
+    """bool `[...]`: model coordinates (u, v) both in [0, 1] (`within_pixel_centres` of the
+    network input). The rule for the training loss's position mask."""
+    return (points[..., 0] >= 0) & (points[..., 0] <= 1) & (points[..., 1] >= 0) & (
+        points[..., 1] <= 1)
+
+
+def in_pixel_box(points, box):
+    """bool `[...]`: (x, y) pixels fall on the pixels of box (x0, y0, x1, y1), the half-open
+    pixel ranges [x0, x1) x [y0, y1) (numpy slicing `image[y0:y1, x0:x1]`), that is
+    x0 - 0.5 <= x < x1 - 0.5. The rule for points covered by a painted rectangle."""
+    x0, y0, x1, y1 = box
+    x, y = points[..., 0], points[..., 1]
+    return (x >= x0 - 0.5) & (x < x1 - 0.5) & (y >= y0 - 0.5) & (y < y1 - 0.5)

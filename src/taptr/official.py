@@ -17,6 +17,7 @@ import torch
 
 from taptr.config import get_preset
 from taptr.errors import TaptrError
+from taptr.models.state_dict import load_state_strict, name_list
 
 # (official prefix, our prefix), first match wins.
 KEY_PREFIXES = (
@@ -93,37 +94,11 @@ def convert_official_state_dict(official_state: dict) -> dict[str, torch.Tensor]
         else:
             converted[ours] = tensor
     if unknown:
-        raise TaptrError(f"unexpected keys in official checkpoint: {_names(unknown)}")
+        raise TaptrError(f"unexpected keys in official checkpoint: {name_list(unknown)}")
     if mismatched_aliases:
         raise TaptrError(f"aliased head tensors differ from their originals: "
-                         f"{_names(mismatched_aliases)}")
+                         f"{name_list(mismatched_aliases)}")
     return converted
-
-
-def _names(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
-
-
-def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor],
-                      describe=lambda name: name) -> None:
-    """Load `state` into `model`, raising a TaptrError that names missing, unexpected and
-    wrongly shaped keys (`describe` maps our names to the names the user knows)."""
-    expected = model.state_dict()
-    missing = [describe(k) for k in expected if k not in state]
-    unexpected = [describe(k) for k in state if k not in expected]
-    wrong_shape = [f"{describe(k)} {tuple(state[k].shape)} != {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
-    if wrong_shape:
-        problems.append(f"wrong shapes: {_names(wrong_shape)}")
-    if problems:
-        raise TaptrError("; ".join(problems))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def load_official(path_or_state_dict, official_compat: bool = False, entry: str = "ema_model"):

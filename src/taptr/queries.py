@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from taptr import coords
 from taptr.errors import TaptrError
 
 MAX_ROWS_NAMED = 5
@@ -43,7 +44,7 @@ def validate_queries(queries: np.ndarray, num_frames: int | None,
         raise TaptrError("no query points given")
     finite = np.isfinite(queries).all(axis=1)
     _refuse(~finite, queries, "contain{s} NaN or infinite values")
-    frames, xs, ys = queries[:, 0], queries[:, 1], queries[:, 2]
+    frames = queries[:, 0]
     _refuse(frames != np.round(frames), queries, "ha{ve} a frame index that is not a whole number")
     if num_frames is None:
         _refuse(frames < 0, queries, "ha{ve} a negative frame index")
@@ -51,7 +52,7 @@ def validate_queries(queries: np.ndarray, num_frames: int | None,
         _refuse((frames < 0) | (frames > num_frames - 1), queries,
                 f"ha{{ve}} a frame index outside 0..{num_frames - 1} "
                 f"(the video has {num_frames} frames)")
-    outside = (xs < -0.5) | (xs > width - 0.5) | (ys < -0.5) | (ys > height - 0.5)
+    outside = ~coords.on_image(queries[:, 1:], (width, height))
     _refuse(outside, queries, f"{{are}} outside the {width}x{height} frame "
                               f"(x in -0.5..{width - 0.5}, y in -0.5..{height - 0.5})")
 

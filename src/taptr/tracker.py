@@ -96,7 +96,7 @@ class Tracker:
 
     # ------------------------------------------------------------------ offline tracking
     def track(self, video, queries=None, grid=None, grid_frame: int = 0, mask=None,
-              backward: bool = True, point_chunk: int | None = None, padding_queries: int = 0,
+              backward: bool = True, point_chunk: int | None = None, pad_queries: int = 0,
               progress: bool = True, fps: float | None = None) -> TrackResult:
         """Track points through a whole video.
 
@@ -108,7 +108,7 @@ class Tracker:
             Neither queries nor grid: a 10 x 10 grid on frame 0.
         backward: also track frames before each query frame (on the time-reversed video).
         point_chunk: points per chunk inside the model (memory knob; exact, None = automatic).
-        padding_queries: pad each pass to this many queries with static random points, as the
+        pad_queries: pad each pass to this many queries with static random points, as the
             official evaluation does (800); 0 = off. Padding points are not returned.
         progress: show a progress bar. fps: override the video's frame rate.
         Returns a `TrackResult` (tracks [N, T, 2], visible [N, T], visibility [N, T], ...).
@@ -123,7 +123,7 @@ class Tracker:
         backward_frames = (int(query_frames[backward_points].max()) + 1
                            if len(backward_points) else 0)
         total = num_frames - int(query_frames.min()) + backward_frames
-        options = dict(point_chunk=point_chunk, padding_queries=padding_queries)
+        options = dict(point_chunk=point_chunk, pad_queries=pad_queries)
         with tqdm(total=total, unit="frame", desc="tracking", disable=not progress,
                   leave=False) as bar:
             self._forward(source, queries, tracks, visibility, bar, **options)
@@ -168,14 +168,14 @@ class Tracker:
 
     # ------------------------------------------------------------------ one pass
     def _run_pass(self, frames, num_frames: int, points_px: np.ndarray, query_frames: np.ndarray,
-                  video_size, bar, point_chunk: int | None, padding_queries: int):
+                  video_size, bar, point_chunk: int | None, pad_queries: int):
         """Track points [n, 2] (pixels) with query frames [n] (relative to the pass's first
         frame) through prepared frames; yields `PixelChunk`s of final frames."""
         num_points = len(points_px)
         points = self.io.model_points(points_px, video_size)
         frame_ids = torch.from_numpy(query_frames.astype(np.int64))[None].to(self.device)
-        if padding_queries > num_points:
-            extra_points, extra_frames = padding_points(padding_queries - num_points, num_frames,
+        if pad_queries > num_points:
+            extra_points, extra_frames = padding_points(pad_queries - num_points, num_frames,
                                                         self.input_size)
             points = torch.cat((points, extra_points.to(self.device)), 1)
             frame_ids = torch.cat((frame_ids, extra_frames.to(self.device)), 1)

@@ -76,7 +76,7 @@ def read_weights_config(path: str | os.PathLike) -> ModelConfig:
 def load_weights(name_or_path=None, device=None):
     """Build the model stored in a weights file (or a bundled name); returns it in eval mode."""
     from taptr.models import build_model
-    from taptr.official import load_state_strict
+    from taptr.models.state_dict import load_state_strict
 
     path = resolve_weights(name_or_path)
     config = read_weights_config(path)

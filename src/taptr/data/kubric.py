@@ -26,12 +26,12 @@ import cv2
 import numpy as np
 import torch
 
+from taptr import coords
 from taptr.data.kubric_augment import (
     Clip,
     camera_panning,
     first_visible_frames,
     flips,
-    inside_frame,
     photometric,
     resize_clip,
     restart_trajectories,
@@ -94,16 +94,16 @@ def read_sequence(sequence: str | os.PathLike, bgr: bool = False) -> Clip:
         frames.append(frame if bgr else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     frames = np.stack(frames)
     annotation = np.load(_annotation_file(sequence), allow_pickle=True).item()
-    coords = np.asarray(annotation["coords"], dtype=np.float32)  # [N, T, 2]
+    positions = np.asarray(annotation["coords"], dtype=np.float32)  # [N, T, 2]
     occluded = np.asarray(annotation["visibility"], dtype=bool)  # Kubric's name for occluded
-    if coords.shape[1] != len(frames) or occluded.shape != coords.shape[:2]:
+    if positions.shape[1] != len(frames) or occluded.shape != positions.shape[:2]:
         raise TaptrError(
-            f"{sequence}: {len(frames)} frames but coords {coords.shape}, "
+            f"{sequence}: {len(frames)} frames but coords {positions.shape}, "
             f"visibility {occluded.shape}"
         )
-    tracks = coords.transpose(1, 0, 2).copy()
+    tracks = positions.transpose(1, 0, 2).copy()
     height, width = frames.shape[1:3]
-    visible = ~occluded.T & inside_frame(tracks, height, width)
+    visible = ~occluded.T & coords.within_pixel_centres(tracks, (width, height))
     return Clip(frames, tracks, visible)
 
 
@@ -265,5 +265,5 @@ def _centre_crop(clip: Clip, crop: tuple[int, int]) -> Clip:
     top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
     frames = clip.frames[:, top : top + crop[0], left : left + crop[1]]
     tracks = clip.tracks - np.array([left, top], dtype=np.float32)
-    visible = clip.visible & inside_frame(tracks, *crop)
+    visible = clip.visible & coords.within_pixel_centres(tracks, (crop[1], crop[0]))
     return replace(clip, frames=np.ascontiguousarray(frames), tracks=tracks, visible=visible)

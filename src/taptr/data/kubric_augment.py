@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from taptr import coords
+
 REFERENCE_SIZE = 512.0  # the frame size the official constants are tuned for
 
 
@@ -32,12 +34,6 @@ class Clip:
     @property
     def size(self) -> tuple[int, int]:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
-
-
-def inside_frame(tracks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """bool `[T, N]`: the point lies within pixel centres [0, W-1] x [0, H-1]."""
-    x, y = tracks[..., 0], tracks[..., 1]
-    return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
 
 
 def _pixel_scale(clip: Clip) -> float:
@@ -94,11 +90,11 @@ def _random_box(rng, height: int, width: int, scale: float) -> tuple[int, int, i
     return x0, y0, x1, y1
 
 
-def _inside_box(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """bool `[N]`: points `[N, 2]` inside box (x0, y0, x1, y1), ends inclusive of pixel area."""
+def _painted(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """bool `[N]`: points `[N, 2]` on the pixels of box (x0, y0, x1, y1), ends inclusive (the
+    region `frames[t, y0 : y1 + 1, x0 : x1 + 1]` painted over)."""
     x0, y0, x1, y1 = box
-    x, y = points[:, 0], points[:, 1]
-    return (x >= x0 - 0.5) & (x < x1 + 0.5) & (y >= y0 - 0.5) & (y < y1 + 0.5)
+    return coords.in_pixel_box(points, (x0, y0, x1 + 1, y1 + 1))
 
 
 def eraser(clip: Clip, rng: np.random.Generator, probability: float = 0.5) -> Clip:
@@ -114,7 +110,7 @@ def eraser(clip: Clip, rng: np.random.Generator, probability: float = 0.5) -> Cl
             x0, y0, x1, y1 = box = _random_box(rng, height, width, scale)
             patch = frames[t, y0 : y1 + 1, x0 : x1 + 1]
             patch[...] = patch.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
-            visible[t] &= ~_inside_box(clip.tracks[t], box)
+            visible[t] &= ~_painted(clip.tracks[t], box)
     return replace(clip, frames=frames, visible=visible)
 
 
@@ -136,7 +132,7 @@ def replace_patches(clip: Clip, rng: np.random.Generator, probability: float = 0
             x0, y0, x1, y1 = box = _random_box(rng, height, width, scale)
             source = rng.integers(0, len(frames))
             frames[t, y0 : y1 + 1, x0 : x1 + 1] = alternative[source, y0 : y1 + 1, x0 : x1 + 1]
-            visible[t] &= ~_inside_box(clip.tracks[t], box)
+            visible[t] &= ~_painted(clip.tracks[t], box)
     return replace(clip, frames=frames, visible=visible)
 
 
@@ -166,7 +162,7 @@ def photometric(clip: Clip, rng: np.random.Generator) -> Clip:
     clip = jitter_colours(clip, rng)
     clip = blur_frames(clip, rng)
     height, width = clip.size
-    return replace(clip, visible=clip.visible & inside_frame(clip.tracks, height, width))
+    return replace(clip, visible=clip.visible & coords.within_pixel_centres(clip.tracks, (width, height)))
 
 
 # ----------------------------------------------------------------------------------- panning
@@ -256,7 +252,7 @@ def camera_panning(
         y0 = int(np.clip(y0 + offset_y, 0, frame_height - crop_height))
         out_frames[t] = resized_frames[t][y0 : y0 + crop_height, x0 : x0 + crop_width]
         out_tracks[t] = resized_tracks[t] - np.array([x0, y0], dtype=np.float32)
-    visible = clip.visible & inside_frame(out_tracks, crop_height, crop_width)
+    visible = clip.visible & coords.within_pixel_centres(out_tracks, (crop_width, crop_height))
     return Clip(out_frames, out_tracks, visible)
 
 
@@ -293,7 +289,7 @@ def resize_clip(clip: Clip, size: tuple[int, int]) -> Clip:
     )
     factor = np.array([new_width / width, new_height / height], dtype=np.float32)
     tracks = (clip.tracks + 0.5) * factor - 0.5
-    visible = clip.visible & inside_frame(tracks, new_height, new_width)
+    visible = clip.visible & coords.within_pixel_centres(tracks, (new_width, new_height))
     return Clip(frames, tracks.astype(np.float32), visible)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from taptr import coords
 from taptr.data.synthetic_config import SceneConfig
 from taptr.data.synthetic_layout import SceneLayout
 from taptr.data.synthetic_motion import (
@@ -209,13 +210,7 @@ def _visibility(layout, scene, tracks, layers, fields):
     """(visible `[T, n]` bool, coverage `[T, n]`, own alpha `[n]`) of tracked points."""
     height, width = layout.frame_size
     finite = torch.isfinite(tracks).all(dim=-1)
-    in_frame = (
-        finite
-        & (tracks[..., 0] >= 0)
-        & (tracks[..., 0] <= width - 1)
-        & (tracks[..., 1] >= 0)
-        & (tracks[..., 1] <= height - 1)
-    )
+    in_frame = finite & coords.within_pixel_centres(tracks, (width, height))
     safe_tracks = torch.where(finite[..., None], tracks, torch.zeros_like(tracks))
     count = tracks.shape[1]
     own_alpha = torch.ones(count, device=tracks.device)

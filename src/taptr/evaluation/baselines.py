@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from taptr import coords
 from taptr.errors import TaptrError
 
 # One chaining step: (from_frame, to_frame, points float32 [M, 2]) -> (points [M, 2], reliable [M]).
@@ -69,12 +70,6 @@ def _initial_result(queries: np.ndarray, num_frames: int) -> BaselineResult:
     return BaselineResult(tracks=tracks, visible=visible)
 
 
-def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
-    """bool [M]: (x, y) lies on the image (pixel centres at integers)."""
-    x, y = points[:, 0], points[:, 1]
-    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
-
-
 def chain_tracks(
     queries: np.ndarray, num_frames: int, frame_size: tuple[int, int], step: StepFunction
 ) -> BaselineResult:
@@ -100,7 +95,7 @@ def chain_tracks(
             moved, reliable = step(frame, next_frame, positions[indices])
             positions[indices] = moved
             result.tracks[indices, next_frame] = moved
-            result.visible[indices, next_frame] = reliable & _inside(moved, *frame_size)
+            result.visible[indices, next_frame] = reliable & coords.on_image(moved, frame_size)
     return result
 
 

@@ -8,8 +8,7 @@ Protocol (tapnet's, section 2 of `shared/design/tapvid_and_kubric.md`):
 * each video is scored on its own (`compute_tapvid_metrics`), the dataset score is the plain
   mean over videos.
 `scale_255=True` switches to the CoTracker / official TAPTR convention (queries `u * (W - 1)`,
-ground truth `u * 255`); `pad_queries` is passed to trackers whose `track` accepts it (as
-`pad_queries` or `padding_queries`).
+ground truth `u * 255`); `pad_queries` is passed to trackers whose `track` accepts it.
 
 Under `torchrun` (env WORLD_SIZE > 1) rank r evaluates videos r, r + world, ... and the
 per-video records are gathered on every rank with `torch.distributed.all_gather_object` (gloo).
@@ -98,8 +97,8 @@ def accepts_keyword(function, keyword: str) -> bool:
     )
 
 
-#: Names under which trackers take the official query padding (ours: `padding_queries`).
-PAD_KEYWORDS = ("pad_queries", "padding_queries")
+#: The keyword under which trackers take the official query padding.
+PAD_KEYWORDS = ("pad_queries",)
 
 
 def tracker_keywords(tracker, protocol: EvalProtocol) -> dict:

@@ -87,9 +87,8 @@ def make_toy_video(
             x0, y0 = int(round(left)), int(round(top))
             x1, y1 = x0 + int(box[0]), y0 + int(box[1])
             video[frame, max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 128
-            inside_x = (x[:, frame] >= x0 - 0.5) & (x[:, frame] < x1 - 0.5)
-            inside_y = (y[:, frame] >= y0 - 0.5) & (y[:, frame] < y1 - 0.5)
-            occluded[:, frame] |= inside_x & inside_y
+            occluded[:, frame] |= coords.in_pixel_box(
+                np.stack([x[:, frame], y[:, frame]], -1), (x0, y0, x1, y1))
     points = coords.pixel_to_tapvid(tracks, (width, height)).astype(np.float32)
     return {"video": video, "points": points, "occluded": occluded}
 

@@ -17,6 +17,8 @@ import copy
 import torch
 from torch import nn
 
+from taptr.models.state_dict import load_state_strict
+
 
 class ModelEma:
     """Holds `module`, an averaged copy of a model, in eval mode and without gradients."""
@@ -72,7 +74,7 @@ class ModelEma:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
+        load_state_strict(self.module, state["module"])
         self.decay = float(state["decay"])
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from taptr import coords
+
 VISIBLE_CHANNEL = 1
 OCCLUDED_CHANNEL = 2
 
@@ -52,11 +54,6 @@ def tracking_mask(query_frames: torch.Tensor, num_frames: int,
     if valid is not None:
         mask = mask & valid[:, None, :]
     return mask
-
-
-def inside_unit_square(points: torch.Tensor) -> torch.Tensor:
-    """[..., 2] model coordinates -> [...] bool, True where both lie in [0, 1]."""
-    return ((points >= 0) & (points <= 1)).all(dim=-1)
 
 
 def masked_l1(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,7 +117,7 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor],
     """
     tracks, visible = batch["tracks"], batch["visible"]
     update_mask = tracking_mask(batch["query_frames"], tracks.shape[1], batch.get("valid"))
-    location_mask = update_mask & inside_unit_square(tracks)
+    location_mask = update_mask & coords.in_unit_square(tracks)
 
     parts: dict[str, torch.Tensor] = {}
     location_terms = [masked_l1(layer, tracks, location_mask) for layer in outputs.layer_positions]

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from taptr.config import ModelConfig, dataclass_from_dict, get_preset
 from taptr.device import autocast, resolve_precision
 from taptr.distributed import DistributedContext
+from taptr.models.state_dict import load_state_strict
 from taptr.errors import TaptrError
 from taptr.training import checkpoint as ckpt
 from taptr.data.seeding import derive_seed
@@ -348,7 +349,7 @@ class Trainer:
         }
 
     def _restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        load_state_strict(self.model, checkpoint["model"])
         self.ema.load_state_dict(checkpoint["ema"])
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
