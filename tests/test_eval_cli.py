@@ -191,7 +191,7 @@ def test_videos_without_queries_are_skipped_and_listed(tmp_path, toy_videos, cap
     assert run_cli("--data", path, "--tracker", "static", "--json", out) == 0
     results = json.loads(out.read_text())
     assert results["skipped_videos"] == ["hidden"] and results["num_videos"] == 1
-    assert "skipped 1 video" in capsys.readouterr().out
+    assert "skipped 1 video without any query" in capsys.readouterr().out
 
 
 def test_scale_255_and_limit(tmp_path, toy_pickle, toy_videos):
@@ -239,6 +239,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_style_split_gathers_every_video(tmp_path, toy_pickle):
     single = evaluate(_static(), toy_pickle, EvalProtocol("strided"), progress=False)
     port = str(_free_port())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -176,15 +177,69 @@ def test_video_with_no_frames_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- writing
 
-def test_write_h264_mp4_odd_size(tmp_path):
+@pytest.fixture
+def warnings_logged():
+    """The messages of the warnings logged by the package (`taptr` loggers) during a test,
+    collected on the package's own logger (the CLI may stop it from propagating)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logging.getLogger("taptr").addHandler(handler)
+    yield messages
+    logging.getLogger("taptr").removeHandler(handler)
+
+
+def test_write_h264_mp4_odd_size_is_padded_and_says_so(tmp_path, warnings_logged):
     frames = moving_square_frames(5, 37, 53)
     codec = write_video(tmp_path / "out.mp4", frames, fps=8)
-    assert codec in ("h264", "mpeg4")
+    assert codec == "h264"
     video = open_video(tmp_path / "out.mp4")
-    assert video.num_frames == 5 and video.size == (54, 38)  # padded to even
+    assert video.num_frames == 5 and video.size == (54, 38)  # H.264 needs even sizes
     assert abs(video.fps - 8) < 1e-6
     assert np.abs(video.read_frames()[:, :37, :53].astype(int) - frames).mean() < 10
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    assert warnings_logged == [
+        ("out.mp4: H.264 stores only even sizes, so the 53x37 video is written as 54x38 (last "
+         "column/row repeated); .webm, .avi or .gif keep the size")]
+
+
+@pytest.mark.parametrize("name", ["out.webm", "out.avi", "out.gif"])
+def test_other_formats_keep_an_odd_size_and_the_rate(tmp_path, warnings_logged, name):
+    frames = moving_square_frames(5, 37, 53)
+    write_video(tmp_path / name, frames, fps=10)  # a rate GIF's 1/100 s delays hold exactly
+    video = open_video(tmp_path / name)
+    assert (video.num_frames, video.size) == (5, (53, 37))
+    assert abs(video.fps - 10) < 1e-3
+    assert warnings_logged == []
+
+
+def test_a_missing_h264_encoder_is_announced(tmp_path, warnings_logged, monkeypatch):
+    import av
+
+    real = av.codec.Codec
+
+    def without_h264(name, mode="r"):
+        if name in ("libx264", "libopenh264"):
+            raise av.codec.codec.UnknownCodecError(name)
+        return real(name, mode)
+
+    monkeypatch.setattr(av.codec, "Codec", without_h264)
+    frames = moving_square_frames(3, 37, 53)
+    assert write_video(tmp_path / "out.mp4", frames, fps=8) == "mpeg4"
+    assert open_video(tmp_path / "out.mp4").size == (53, 37)  # MPEG-4 Part 2 takes odd sizes
+    assert warnings_logged == [
+        "out.mp4: this FFmpeg build has no H.264 encoder; written as MPEG-4 Part 2"]
+
+
+@pytest.mark.parametrize("fps", [None, 0.0, float("nan")])
+def test_an_unknown_frame_rate_is_announced(tmp_path, warnings_logged, fps):
+    write_video(tmp_path / "out.mp4", moving_square_frames(3, 32, 48), fps=fps)
+    assert open_video(tmp_path / "out.mp4").fps == pytest.approx(30.0)
+    assert warnings_logged == ["out.mp4: the video has no frame rate; written at 30 frames/s"]
 
 
 def test_failed_write_leaves_nothing(tmp_path):

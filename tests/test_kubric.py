@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from taptr.data.kubric import KubricAugmentations, KubricClips, read_sequence
 from taptr.data.kubric_augment import eraser, restart_trajectories
 from taptr.errors import TaptrError
+from tracking_helpers import colours_at
 
 FRAMES, SIZE, POINTS = 8, 64, 120
 
@@ -48,21 +48,6 @@ def kubric_root(tmp_path_factory):
     rng = np.random.default_rng(0)
     truth = {name: write_fake_sequence(root, name, rng) for name in ("0", "1", "2")}
     return root, truth
-
-
-def colours_at(video: torch.Tensor, tracks: torch.Tensor) -> torch.Tensor:
-    """Bilinear colours `[T, N, 3]` of uint8 frames `[T, H, W, 3]` at pixel points `[T, N, 2]`."""
-    _, height, width, _ = video.shape
-    grid = torch.stack(
-        [(2 * tracks[..., 0] + 1) / width - 1, (2 * tracks[..., 1] + 1) / height - 1], dim=-1
-    )
-    sampled = F.grid_sample(
-        video.permute(0, 3, 1, 2).float(),
-        grid[:, :, None],
-        align_corners=False,
-        padding_mode="border",
-    )
-    return sampled[..., 0].permute(0, 2, 1)
 
 
 def test_reader_inverts_the_misnamed_visibility_flag(kubric_root):
@@ -244,3 +229,43 @@ def test_too_few_candidate_points_is_a_user_error(kubric_root):
         clips(0)
     with pytest.raises(TaptrError):
         KubricClips(root / "missing")
+
+
+def test_kubric_data_feeds_the_training_loop(kubric_root, tmp_path):
+    """`taptr train --data kubric:PATH`: the network is given, step after step, the Kubric
+    clips 0, 1, ... of the run's data seed, each with the configured length and number of
+    points and resized to the model input, and the loop trains on them."""
+    import math
+
+    from taptr.training.batch import make_batch
+    from taptr.training.trainer import TrainConfig, Trainer
+
+    root, _ = kubric_root
+    config = TrainConfig(preset="tiny", data=f"kubric:{root}", out=str(tmp_path / "run"),
+                         steps=2, batch=1, clip_length=FRAMES, num_points=16, warmup_steps=1,
+                         eval_every=0, log_every=1, ckpt_every=1000, export_every=1000,
+                         progress=False, device="cpu")
+    trainer = Trainer(config)
+    fed = []  # (video, query points, query frames) of every forward pass
+    trainer.model.register_forward_pre_hook(
+        lambda module, args: fed.append([tensor.detach().clone() for tensor in args[:3]]))
+    result = trainer.run()
+    assert result.step == 2 and math.isfinite(result.last_log["loss"])
+
+    source = trainer.clip_source
+    assert isinstance(source, KubricClips) and len(source) == 3  # the sequences under root
+    height, width = trainer.input_size
+    assert len(fed) == 2  # one clip per step
+    for index, (video, points, frames) in enumerate(fed):
+        assert video.shape == (1, FRAMES, 3, height, width)
+        assert points.shape == (1, 16, 2) and frames.shape == (1, 16)
+        sample = source(index)  # clip `index` of the run's stream, made again
+        sample.check()
+        assert sample.video.shape[0] == FRAMES and sample.num_points == 16
+        expected = make_batch([sample], (height, width))
+        assert torch.equal(video, expected["video"])
+        assert torch.equal(points, expected["query_points"])
+        assert torch.equal(frames, expected["query_frames"])
+        assert torch.equal(frames[0], sample.query_frames)
+        assert sample.visible[sample.query_frames, torch.arange(16)].all()
+    assert not torch.equal(fed[0][0], fed[1][0])  # two different clips

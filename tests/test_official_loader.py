@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from official_cases import cases_dir, seeded_state
+from official_cases import require_cases, seeded_state
 from taptr import TaptrError, load_official, load_weights
 from taptr.cli import main as cli_main
-
-pytestmark = pytest.mark.skipif(not (cases_dir() / "keys.json").exists(),
-                                reason="official keys.json not available")
 
 
 @pytest.fixture(scope="module")
 def official_state():
+    """The seeded official state dict (skipped without the cases, failed under CI=true)."""
+    require_cases(("keys.json", "seeded_weights.py"))
     return {k: torch.from_numpy(v) for k, v in seeded_state(3).items()}
 
 

@@ -6,24 +6,17 @@ import numpy as np
 import pytest
 
 from taptr.errors import TaptrError
-from tracking_helpers import moving_square_frames, single_thread, tiny_tracker
+from tracking_helpers import moving_square_frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tracker: conftest.py
 
 WINDOW, STRIDE = 8, 4  # every preset's window_size / window_stride
 QUERIES = np.array([[0, 10, 12], [0, 30.5, 20.25], [3, 40, 30]], np.float32)
 
 
-@pytest.fixture(scope="module")
-def tracker():
-    tracker = tiny_tracker()
+def test_the_tiny_preset_has_the_window_these_tests_assume(tracker):
     assert (tracker.config.window_size, tracker.config.window_stride) == (WINDOW, STRIDE)
-    return tracker
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from taptr.data.synthetic import SceneConfig, SceneGenerator, write_heldout_set
@@ -21,19 +20,15 @@ from taptr.data.synthetic_motion import (
 )
 from taptr.data.textures import TextureLibrary, texture_split
 from taptr.errors import TaptrError
+from tracking_helpers import colours_at
 
 # Non-square on purpose: catches x/y mix-ups.
 SIZE = (96, 128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The engine's many small ops run much faster single-threaded on a busy 2-core machine
-    (as in DataLoader workers); restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# The engine's many small ops run much faster single-threaded on a busy 2-core machine (as in
+# DataLoader workers).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**changes) -> SceneConfig:
@@ -46,17 +41,6 @@ def small_config(**changes) -> SceneConfig:
 def clean_batch():
     """Two scenes rendered together, camera effects off."""
     return SceneGenerator(small_config()).generate_details([11, 12])
-
-
-def colours_at(video: torch.Tensor, tracks: torch.Tensor) -> torch.Tensor:
-    """Bilinear colours `[T, N, 3]` of uint8 frames `[T, H, W, 3]` at pixel points `[T, N, 2]`."""
-    _, height, width, _ = video.shape
-    frames = video.permute(0, 3, 1, 2).float()
-    grid = torch.stack(
-        [(2 * tracks[..., 0] + 1) / width - 1, (2 * tracks[..., 1] + 1) / height - 1], dim=-1
-    )
-    sampled = F.grid_sample(frames, grid[:, :, None], align_corners=False, padding_mode="border")
-    return sampled[..., 0].permute(0, 2, 1)
 
 
 def test_sample_shapes_dtypes_and_query_visibility():

@@ -7,24 +7,9 @@ import pytest
 
 from taptr.cli import main
 from taptr.io import load_tracks, open_video
-from tracking_helpers import (
-    SHARED_VIDEOS,
-    moving_square_frames,
-    single_thread,
-    tiny_weights_file,
-    write_clip,
-)
+from tracking_helpers import SHARED_VIDEOS, moving_square_frames, write_clip
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return str(tiny_weights_file(str(tmp_path_factory.mktemp("weights"))))
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny_weights: conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +24,9 @@ def _track(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_track_writes_tracks_and_overlay(clip, weights, tmp_path, capsys):
+def test_track_writes_tracks_and_overlay(clip, tiny_weights, tmp_path, capsys):
     out = tmp_path / "result"
-    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--points",
+    code, stdout, stderr = _track(capsys, clip, "--weights", tiny_weights, "--points",
                                   "0,10,12;6,40.5,20", "--out", out, "--json", "--trail", 4)
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["overlay.mp4", "tracks.csv", "tracks.json",
@@ -56,9 +41,9 @@ def test_track_writes_tracks_and_overlay(clip, weights, tmp_path, capsys):
     assert str(out / "overlay.mp4") in stdout
 
 
-def test_default_output_folder_and_grid(clip, weights, tmp_path, capsys, monkeypatch):
+def test_default_output_folder_and_grid(clip, tiny_weights, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--grid", 3,
+    code, stdout, stderr = _track(capsys, clip, "--weights", tiny_weights, "--grid", 3,
                                   "--grid-frame", 2, "--no-backward", "--no-overlay")
     assert code == 0, stderr
     out = tmp_path / "taptr_out" / "clip"
@@ -68,10 +53,10 @@ def test_default_output_folder_and_grid(clip, weights, tmp_path, capsys, monkeyp
     assert not tracks["visible"][:, :2].any()
 
 
-def test_query_file_and_mask(clip, weights, tmp_path, capsys):
+def test_query_file_and_mask(clip, tiny_weights, tmp_path, capsys):
     queries = tmp_path / "q.csv"
     queries.write_text("t,x,y\n0,5,5\n3,20,30\n")
-    code, _, stderr = _track(capsys, clip, "--weights", weights, "--queries", queries,
+    code, _, stderr = _track(capsys, clip, "--weights", tiny_weights, "--queries", queries,
                              "--out", tmp_path / "a", "--no-overlay")
     assert code == 0, stderr
     assert load_tracks(tmp_path / "a" / "tracks.npz")["tracks"].shape == (2, 10, 2)
@@ -80,15 +65,15 @@ def test_query_file_and_mask(clip, weights, tmp_path, capsys):
     mask = np.zeros((36, 50), np.uint8)
     mask[18:] = 1
     Image.fromarray(mask * 255).save(tmp_path / "mask.png")
-    code, _, stderr = _track(capsys, clip, "--weights", weights, "--grid", 4, "--mask",
+    code, _, stderr = _track(capsys, clip, "--weights", tiny_weights, "--grid", 4, "--mask",
                              tmp_path / "mask.png", "--out", tmp_path / "b", "--no-overlay")
     assert code == 0, stderr
     assert (load_tracks(tmp_path / "b" / "tracks.npz")["queries"][:, 2] > 18).all()
 
 
 @pytest.mark.skipif(not (SHARED_VIDEOS / "apple.mp4").exists(), reason="shared videos absent")
-def test_shared_video(weights, tmp_path, capsys):
-    code, stdout, stderr = _track(capsys, SHARED_VIDEOS / "apple.mp4", "--weights", weights,
+def test_shared_video(tiny_weights, tmp_path, capsys):
+    code, stdout, stderr = _track(capsys, SHARED_VIDEOS / "apple.mp4", "--weights", tiny_weights,
                                   "--points", "0,640,360;20,100,600", "--out", tmp_path)
     assert code == 0, stderr
     assert "2 points through 50 frames (1296x720)" in stdout
@@ -104,7 +89,7 @@ def _refused(capsys, argv, message, out):
     assert not out.exists()
 
 
-def test_bad_inputs_are_refused_cleanly(clip, weights, tmp_path, capsys):
+def test_bad_inputs_are_refused_cleanly(clip, tiny_weights, tmp_path, capsys):
     out = tmp_path / "out"
     text = tmp_path / "notes.txt"
     text.write_text("hello\n" * 20)
@@ -117,7 +102,7 @@ def test_bad_inputs_are_refused_cleanly(clip, weights, tmp_path, capsys):
         container.start_encoding()
     bad_queries = tmp_path / "bad.csv"
     bad_queries.write_text("0,1,2\n1,2\n")
-    use = ["--weights", weights]
+    use = ["--weights", tiny_weights]
     cases = [
         ([tmp_path / "missing.mp4", *use], "no such file"),
         ([text, *use], "not a video file"),
@@ -137,27 +122,28 @@ def test_bad_inputs_are_refused_cleanly(clip, weights, tmp_path, capsys):
         _refused(capsys, argv, message, out)
 
 
-def test_unwritable_output_folder(clip, weights, tmp_path, capsys):
+def test_unwritable_output_folder(clip, tiny_weights, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _refused(capsys, [clip, "--weights", weights], "is a file", blocker / "sub")
+    _refused(capsys, [clip, "--weights", tiny_weights], "is a file", blocker / "sub")
     assert blocker.read_text() == "x"
-    code, _, stderr = _track(capsys, clip, "--weights", weights, "--out", blocker)
+    code, _, stderr = _track(capsys, clip, "--weights", tiny_weights, "--out", blocker)
     assert code == 2 and "not a folder" in stderr
 
 
 @pytest.mark.parametrize("points", ["-1,5,5", "-0.5,5,5", "0,-3,5"])
-def test_values_with_a_minus_sign_reach_our_validation(clip, weights, tmp_path, capsys, points):
-    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--points", points,
+def test_values_with_a_minus_sign_reach_our_validation(clip, tiny_weights, tmp_path, capsys,
+                                                      points):
+    code, stdout, stderr = _track(capsys, clip, "--weights", tiny_weights, "--points", points,
                                   "--out", tmp_path / "neg")
     assert code == 2 and stderr.startswith("taptr track: error:") and stderr.count("\n") == 1
     assert "expected one argument" not in stderr
     assert not (tmp_path / "neg").exists()
 
 
-def test_grid_and_points_together(clip, weights, tmp_path, capsys):
+def test_grid_and_points_together(clip, tiny_weights, tmp_path, capsys):
     out = tmp_path / "both"
-    code, stdout, stderr = _track(capsys, clip, "--weights", weights, "--points", "0,10,12",
+    code, stdout, stderr = _track(capsys, clip, "--weights", tiny_weights, "--points", "0,10,12",
                                   "--grid", 2, "--out", out, "--no-overlay")
     assert code == 0, stderr
     tracks = load_tracks(out / "tracks.npz")
@@ -165,13 +151,29 @@ def test_grid_and_points_together(clip, weights, tmp_path, capsys):
     np.testing.assert_array_equal(tracks["tracks"][0, 0], [10, 12])
 
 
-def test_a_corrupt_file_gets_our_line_only(tmp_path, weights, capfd):
+def test_a_corrupt_file_gets_our_line_only(tmp_path, tiny_weights, capfd):
     """FFmpeg's own log ('moov atom not found') must not precede our error (fd-level check)."""
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(range(256)) * 8)
-    code = main(["track", str(bad), "--weights", weights, "--out", str(tmp_path / "o")])
+    code = main(["track", str(bad), "--weights", tiny_weights, "--out", str(tmp_path / "o")])
     captured = capfd.readouterr()
     assert code == 2
     assert captured.err.strip().splitlines() == [
         f"taptr track: error: {str(bad)!r} is not a video file, or a format this install "
         "cannot read"]
+
+
+def test_one_point_one_frame_and_an_odd_size_are_reported_as_they_are(tmp_path, tiny_weights,
+                                                                      capsys):
+    """The summary says "1 point", "1 frame"; the overlay of a 15x17 video is 16x18 (H.264)
+    and the command says so on one line."""
+    video = write_clip(tmp_path / "odd.mp4", moving_square_frames(1, 17, 15))
+    out = tmp_path / "out"
+    code, stdout, stderr = _track(capsys, video, "--weights", tiny_weights, "--points", "0,7,8",
+                                  "--out", out)
+    assert code == 0, stderr
+    assert "tracked 1 point through 1 frame (15x17)" in stdout
+    notice = ("overlay.mp4: H.264 stores only even sizes, so the 15x17 video is written as "
+              "16x18 (last column/row repeated); .webm, .avi or .gif keep the size")
+    assert len(stderr.splitlines()) == 1 and notice in stderr, stderr
+    assert open_video(out / "overlay.mp4").size == (16, 18)

@@ -360,6 +360,7 @@ def test_resume_continues_bit_identically(tmp_path):
     assert [row.split(",")[0] for row in log_b[1:]] == ["1", "2", "3", "4"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(
@@ -408,30 +409,6 @@ def test_request_stop_ends_the_run_after_the_step_with_a_checkpoint(tmp_path):
     result = trainer.run()
     assert result.interrupted and result.step == 1
     assert ckpt.load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
-
-
-def write_fake_kubric(root: Path, sequences: int = 2, frames: int = 8, size: int = 64,
-                      points: int = 40) -> None:
-    """CoTracker-layout sequences: random frames, static tracks, nothing occluded."""
-    import cv2
-
-    rng = np.random.default_rng(0)
-    for index in range(sequences):
-        folder = root / f"{index:04d}"
-        (folder / "frames").mkdir(parents=True)
-        for t in range(frames):
-            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            cv2.imwrite(str(folder / "frames" / f"{t:03d}.png"), image)
-        coords = np.repeat(rng.uniform(8, size - 8, (points, 1, 2)), frames, 1)
-        np.save(folder / f"{folder.name}.npy",
-                {"coords": coords.astype(np.float32), "visibility": np.zeros((points, frames), bool)})
-
-
-def test_kubric_data_feeds_the_loop(tmp_path):
-    write_fake_kubric(tmp_path / "kubric")
-    config = tiny_config(tmp_path, data=f"kubric:{tmp_path / 'kubric'}", steps=1, num_points=16)
-    result = Trainer(config, context=CPU).run()
-    assert result.step == 1 and math.isfinite(result.last_log["loss"])
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -1,5 +1,6 @@
-"""Shared helpers for the tracker, streaming, I/O and CLI tests: synthetic clips and a seeded
-tiny model (random weights)."""
+"""Plain helpers shared by the test files: synthetic clips and their writer, a seeded tiny model
+(random weights), one-thread runs, colours sampled along tracks. Shared fixtures are in
+`conftest.py`."""
 
 from __future__ import annotations
 
@@ -83,6 +84,21 @@ def tiny_weights_file(folder: str) -> Path:
     from taptr.weights import save_weights
 
     return save_weights(tiny_model(), Path(folder) / "tiny.safetensors")
+
+
+def colours_at(video, tracks):
+    """Bilinear colours `[T, N, 3]` of uint8 frames `[T, H, W, 3]` (a tensor) at pixel points
+    `[T, N, 2]` (pixel centres at integers; outside the frame: the border colour)."""
+    import torch
+    import torch.nn.functional as F
+
+    _, height, width, _ = video.shape
+    grid = torch.stack(
+        [(2 * tracks[..., 0] + 1) / width - 1, (2 * tracks[..., 1] + 1) / height - 1], dim=-1
+    )
+    sampled = F.grid_sample(video.permute(0, 3, 1, 2).float(), grid[:, :, None],
+                            align_corners=False, padding_mode="border")
+    return sampled[..., 0].permute(0, 2, 1)
 
 
 @contextlib.contextmanager

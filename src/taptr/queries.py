@@ -11,6 +11,7 @@ import numpy as np
 
 from taptr import coords
 from taptr.errors import TaptrError
+from taptr.text import count
 
 MAX_ROWS_NAMED = 5
 DEFAULT_GRID = 10
@@ -51,7 +52,7 @@ def validate_queries(queries: np.ndarray, num_frames: int | None,
     else:
         _refuse((frames < 0) | (frames > num_frames - 1), queries,
                 f"ha{{ve}} a frame index outside 0..{num_frames - 1} "
-                f"(the video has {num_frames} frames)")
+                f"(the video has {count(num_frames, 'frame')})")
     outside = ~coords.on_image(queries[:, 1:], (width, height))
     _refuse(outside, queries, f"{{are}} outside the {width}x{height} frame "
                               f"(x in -0.5..{width - 0.5}, y in -0.5..{height - 0.5})")
@@ -66,9 +67,8 @@ def _refuse(bad: np.ndarray, queries: np.ndarray, problem: str) -> None:
                       f"y={_fmt(queries[i, 2])})" for i in rows[:MAX_ROWS_NAMED])
     more = f" and {len(rows) - MAX_ROWS_NAMED} more" if len(rows) > MAX_ROWS_NAMED else ""
     one = len(rows) == 1
-    noun = "query" if one else "queries"
     verb = problem.format(s="s" if one else "", ve="s" if one else "ve", are="is" if one else "are")
-    raise TaptrError(f"{len(rows)} {noun} {verb}: {named}{more}")
+    raise TaptrError(f"{count(len(rows), 'query', 'queries')} {verb}: {named}{more}")
 
 
 def _fmt(value: float) -> str:
@@ -158,7 +158,7 @@ def build_queries(video, queries=None, grid: int | None = None, grid_frame: int 
     if grid is not None or queries is None:
         if not (float(grid_frame).is_integer() and 0 <= grid_frame < video.num_frames):
             raise TaptrError(f"grid frame {grid_frame} is outside 0..{video.num_frames - 1} "
-                             f"(the video has {video.num_frames} frames)")
+                             f"(the video has {count(video.num_frames, 'frame')})")
         grid_mask = load_mask(mask, video.size) if mask is not None else None
         parts.append(grid_queries(DEFAULT_GRID if grid is None else grid, video.size,
                                   int(grid_frame), grid_mask))

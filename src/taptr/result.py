@@ -9,6 +9,7 @@ import numpy as np
 
 from taptr.errors import TaptrError
 from taptr.io.tracks import load_tracks, save_tracks
+from taptr.text import count
 
 
 @dataclass
@@ -41,8 +42,8 @@ class TrackResult:
 
     def __repr__(self) -> str:
         width, height = self.video_size
-        return (f"TrackResult({self.num_points} points, {self.num_frames} frames, "
-                f"{width}x{height}, fps={self.fps})")
+        return (f"TrackResult({count(self.num_points, 'point')}, "
+                f"{count(self.num_frames, 'frame')}, {width}x{height}, fps={self.fps})")
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> Path:
@@ -73,9 +74,10 @@ class TrackResult:
 
         source = open_video(video if video is not None else self._require_video())
         if source.size != tuple(self.video_size) or source.num_frames != self.num_frames:
-            raise TaptrError(f"the video ({source.num_frames} frames, {source.size[0]}x"
-                             f"{source.size[1]}) does not match the tracks ({self.num_frames} "
-                             f"frames, {self.video_size[0]}x{self.video_size[1]})")
+            raise TaptrError(f"the video ({count(source.num_frames, 'frame')}, {source.size[0]}x"
+                             f"{source.size[1]}) does not match the tracks "
+                             f"({count(self.num_frames, 'frame')}, "
+                             f"{self.video_size[0]}x{self.video_size[1]})")
         frames = draw_tracks(source.iter_frames(), self, trail=trail, occluded=occluded,
                              radius=radius, query_marker_frames=query_marker_frames)
         write_video(path, frames, self.fps or source.fps)

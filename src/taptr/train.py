@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from taptr.cli import show_library_messages
 from taptr.cli import train as train_command
 from taptr.errors import TaptrError
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=train_command.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     train_command.add_arguments(parser)
+    show_library_messages("taptr train")
     args = parser.parse_args(argv)
     try:
         return train_command.run(args)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from taptr.errors import TaptrError
+from taptr.text import count
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _SCALE = 1 << _SHIFT
@@ -157,7 +158,8 @@ def draw_tracks(frames: Iterable[np.ndarray], result, *, trail: int = 12,
     tracked_before_query = bool(getattr(result, "backward", True))
     for index, frame in enumerate(frames):
         if index >= tracks.shape[1]:
-            raise TaptrError(f"the video has more frames than the tracks ({tracks.shape[1]})")
+            raise TaptrError("the video has more frames than the tracks "
+                             f"({count(tracks.shape[1], 'frame')})")
         if colors is None:
             height, width = np.asarray(frame).shape[:2]
             colors = point_colors(queries[:, 1:], (width, height))

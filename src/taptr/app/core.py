@@ -23,6 +23,7 @@ from taptr.errors import TaptrError
 from taptr.io import open_video, parse_points, write_video
 from taptr.io.video import VideoSource
 from taptr.viz import OverlayStyle, draw_frame, point_colors
+from taptr.text import count
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def open_upload(path, max_frames: int | None = DEFAULT_MAX_FRAMES) -> VideoSourc
         raise TaptrError("no video: upload one, or press \"Use the demo clip\"")
     source = _open_cached(str(path))
     if max_frames is not None and source.num_frames > max_frames:
-        raise TaptrError(f"the video has {source.num_frames} frames; this app tracks at most "
+        raise TaptrError(f"the video has {count(source.num_frames, 'frame')}; this app tracks at most "
                          f"{max_frames} (cut the video, or start the app with --max-frames "
                          f"{source.num_frames})")
     return source
@@ -63,7 +64,7 @@ def describe(source: VideoSource) -> str:
     """"61 frames, 640x272, 25 fps" for the page."""
     width, height = source.size
     rate = f", {source.fps:g} fps" if source.fps else ""
-    return f"{source.num_frames} frames, {width}x{height}{rate}"
+    return f"{count(source.num_frames, 'frame')}, {width}x{height}{rate}"
 
 
 def read_frame(source: VideoSource, index: int) -> np.ndarray:
@@ -216,7 +217,8 @@ def track_to_folder(tracker, request: TrackRequest, folder: Path,
     overlay = result.save_overlay(folder / OVERLAY_FILE, source, trail=int(request.trail),
                                   occluded=request.occluded)
     width, height = result.video_size
-    summary = (f"Tracked {result.num_points} points through {result.num_frames} frames "
+    summary = (f"Tracked {count(result.num_points, 'point')} through "
+               f"{count(result.num_frames, 'frame')} "
                f"({width}x{height}) in {seconds:.1f} s on {tracker.device}; "
                f"{float(result.visible.mean()):.0%} of the point-frames are visible.")
     logger.info("%s Files in %s", summary, folder)

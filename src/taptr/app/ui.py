@@ -27,6 +27,7 @@ from gradio.themes.utils import fonts
 from taptr.app import core
 from taptr.errors import TaptrError
 from taptr.viz import OCCLUDED_STYLES
+from taptr.text import count
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def build_app(tracker, work_dir: Path, max_frames: int | None = core.DEFAULT_MAX
     """The page as `gr.Blocks` (not launched). Files Gradio keeps (uploads, results) are
     deleted once they are `delete_after_s` seconds old."""
     handlers = Handlers(tracker, work_dir, max_frames)
-    limit = f" at most {max_frames} frames" if max_frames else ""
+    limit = f" at most {count(max_frames, 'frame')}" if max_frames else ""
     with gr.Blocks(title=TITLE, theme=THEME, analytics_enabled=False,
                    delete_cache=(max(60, delete_after_s // 4), delete_after_s)) as blocks:
         gr.Markdown(f"## {TITLE}\n{INTRO}")

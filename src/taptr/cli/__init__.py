@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import sys
 
@@ -62,10 +63,40 @@ def _value_options(parser: argparse.ArgumentParser) -> set[str]:
     return options
 
 
+class _TqdmHandler(logging.Handler):
+    """Shows the library's log messages (`taptr.*` loggers) as plain lines that do not break
+    progress bars: INFO on stdout, warnings on stderr as 'taptr COMMAND: warning: ...'."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        message = self.format(record)
+        if record.levelno >= logging.WARNING:
+            tqdm.write(f"{self.prefix}: warning: {message}", file=sys.stderr)
+        else:
+            tqdm.write(message, file=sys.stdout)
+
+
+def show_library_messages(prefix: str = "taptr") -> None:
+    """Route `taptr.*` log records of level INFO and above to the terminal (one handler)."""
+    package_logger = logging.getLogger("taptr")
+    for handler in [h for h in package_logger.handlers if isinstance(h, _TqdmHandler)]:
+        package_logger.removeHandler(handler)
+    handler = _TqdmHandler(prefix)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(attach_negative_values(argv, _value_options(parser)))
+    show_library_messages(f"taptr {args.command}")
     try:
         return int(args.func(args) or 0)
     except TaptrError as error:

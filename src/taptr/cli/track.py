@@ -64,6 +64,7 @@ def run(args) -> int:
     from taptr.io import open_video, parse_points, read_queries
     from taptr.io.atomic import check_can_create_folder, staged_folder
     from taptr.queries import build_queries
+    from taptr.text import count
     from taptr.tracker import Tracker
 
     if args.grid is None and (args.grid_frame is not None or args.mask is not None):
@@ -88,7 +89,7 @@ def run(args) -> int:
     started = time.perf_counter()
     result = tracker.track(video, queries=queries, backward=not args.no_backward,
                            point_chunk=args.point_chunk or None,
-                           padding_queries=args.pad_queries, progress=not args.no_progress)
+                           pad_queries=args.pad_queries, progress=not args.no_progress)
     seconds = time.perf_counter() - started
 
     written = ["tracks.npz", "tracks.csv"] + (["tracks.json"] if args.json else [])
@@ -100,7 +101,8 @@ def run(args) -> int:
                                 occluded="hidden" if args.hide_occluded else "hollow")
             written.append("overlay.mp4")
     width, height = result.video_size
-    print(f"tracked {result.num_points} points through {result.num_frames} frames "
+    print(f"tracked {count(result.num_points, 'point')} through "
+          f"{count(result.num_frames, 'frame')} "
           f"({width}x{height}) in {seconds:.1f} s: {result.num_frames / seconds:.1f} frames/s "
           f"on {tracker.device}")
     print(f"wrote {', '.join(str(out_dir / name) for name in written)}")

@@ -39,6 +39,7 @@ from taptr.data.kubric_augment import (
 from taptr.data.sample import TrackingSample
 from taptr.data.seeding import derive_seed
 from taptr.errors import TaptrError
+from taptr.text import count
 
 
 @dataclass
@@ -98,7 +99,7 @@ def read_sequence(sequence: str | os.PathLike, bgr: bool = False) -> Clip:
     occluded = np.asarray(annotation["visibility"], dtype=bool)  # Kubric's name for occluded
     if positions.shape[1] != len(frames) or occluded.shape != positions.shape[:2]:
         raise TaptrError(
-            f"{sequence}: {len(frames)} frames but coords {positions.shape}, "
+            f"{sequence}: {count(len(frames), 'frame')} but coords {positions.shape}, "
             f"visibility {occluded.shape}"
         )
     tracks = positions.transpose(1, 0, 2).copy()
@@ -125,7 +126,7 @@ def sample_queries(
 def _temporal_window(clip: Clip, num_frames: int, rng: np.random.Generator) -> Clip:
     total = clip.frames.shape[0]
     if num_frames > total:
-        raise TaptrError(f"clips of {num_frames} frames requested but sequences have {total}")
+        raise TaptrError(f"clips of {count(num_frames, 'frame')} requested but sequences have {total}")
     start = int(rng.integers(0, total - num_frames + 1))
     window = slice(start, start + num_frames)
     return Clip(clip.frames[window], clip.tracks[window], clip.visible[window])
@@ -209,8 +210,9 @@ class KubricClips:
             if sample is not None:
                 return sample
         raise TaptrError(
-            f"no usable Kubric clip for index {index} after {self.max_attempts} sequences "
-            f"(need {self.num_points} points visible at frame 0 or T/2)"
+            f"no usable Kubric clip for index {index} after "
+            f"{count(self.max_attempts, 'sequence')} (need {count(self.num_points, 'point')} "
+            f"visible at frame 0 or T/2)"
         )
 
     __getitem__ = __call__

@@ -30,6 +30,7 @@ import numpy as np
 
 from taptr.errors import TaptrError
 from taptr.io.atomic import atomic_path
+from taptr.text import count
 
 ENTRY_KEYS = ("video", "points", "occluded")
 
@@ -206,10 +207,10 @@ class TapVidSource:
     def describe(self) -> str:
         """Layout of the data, e.g. 'dict pickle, array frames' or 'list 10 pickles, jpeg frames'."""
         if self.layout == "csv":
-            return f"csv + mp4 ({len(self.files)} csv file(s))"
-        files = "pickle" if len(self.files) == 1 else f"{len(self.files)} pickles"
-        frames = "jpeg" if self.encoded_frames else "array"
-        return f"{self.layout} {files}, {frames} frames"
+            return f"csv + mp4 ({count(len(self.files), 'csv file')})"
+        files = "pickle" if len(self.files) == 1 else count(len(self.files), "pickle")
+        frames = "jpeg frames" if self.encoded_frames else "array frames"
+        return f"{self.layout} {files}, {frames}"
 
     def __iter__(self) -> Iterator[tuple[str, Mapping]]:
         yield from self._first_entries
@@ -244,7 +245,7 @@ def _checked_entry(name: str, value: Mapping) -> dict[str, np.ndarray]:
     if points.shape != (occluded.shape[0], video.shape[0], 2) or occluded.ndim != 2:
         raise TaptrError(
             f"{name}: points {points.shape} / occluded {occluded.shape} do not match "
-            f"{video.shape[0]} frames"
+            f"{count(video.shape[0], 'frame')}"
         )
     return {"video": video, "points": points, "occluded": occluded}
 

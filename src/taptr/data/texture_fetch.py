@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from taptr.errors import TaptrError
+from taptr.text import count
 
 # Plasma wallpapers that are photographs (the others are renders / abstract art).
 PLASMA_PHOTOS = (
@@ -257,7 +258,7 @@ def write_licence_note(dest: Path, results: list[PackageResult]) -> Path:
         if result.error:
             lines += [f"Skipped: {result.error}", ""]
             continue
-        lines.append(f"- kind: {result.kind}, {len(result.files)} files")
+        lines.append(f"- kind: {result.kind}, {count(len(result.files), 'file')}")
         licences = ", ".join(result.licences) or "see the copyright file"
         lines.append(f"- licences (from the copyright file): {licences}")
         lines.append(f"- source: https://packages.debian.org/{result.name}")

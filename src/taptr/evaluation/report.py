@@ -17,6 +17,7 @@ from pathlib import Path
 from taptr.errors import TaptrError
 from taptr.evaluation.metrics import METRIC_NAMES, THRESHOLDS
 from taptr.io.atomic import atomic_path, ensure_writable_folder
+from taptr.text import count
 
 #: (column title, result key) of the printed table; metrics are shown in percent.
 TABLE_COLUMNS = (
@@ -89,5 +90,6 @@ def format_table(results: Mapping) -> str:
     value_row = "  ".join(value.rjust(width) for value, width in zip(values, widths))
     lines = [header, title_row, value_row]
     if results.get("skipped_videos"):
-        lines.append(f"skipped {len(results['skipped_videos'])} video(s) without any query")
+        skipped = count(len(results["skipped_videos"]), "video")
+        lines.append(f"skipped {skipped} without any query")
     return "\n".join(lines)

@@ -7,12 +7,15 @@ Files are read with PyAV (FFmpeg), falling back to OpenCV; phone videos with rot
 come out upright. Every frame is an RGB uint8 array `[H, W, 3]`.
 
 `write_video(path, frames, fps)` writes H.264 MP4 (MPEG-4 Part 2 when no H.264 encoder is
-available), WebM, MKV, AVI or GIF, atomically.
+available), WebM, MKV, AVI or GIF, atomically. Where the written file cannot be what was asked
+for (an odd size in H.264, a missing encoder, no frame rate), it says so in one warning on this
+module's logger.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from fractions import Fraction
@@ -23,6 +26,9 @@ import numpy as np
 
 from taptr.errors import TaptrError
 from taptr.io.atomic import atomic_path
+from taptr.text import count
+
+logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".webm", ".mkv", ".gif", ".mpg", ".mpeg",
                     ".wmv", ".flv", ".ts", ".3gp")
@@ -98,7 +104,7 @@ class VideoSource:
 
     def __repr__(self) -> str:
         width, height = self.size
-        return (f"{type(self).__name__}({self.name!r}, {self.num_frames} frames, "
+        return (f"{type(self).__name__}({self.name!r}, {count(self.num_frames, 'frame')}, "
                 f"{width}x{height}, fps={self.fps})")
 
     def _check_stop(self, stop: int | None) -> int:
@@ -494,6 +500,14 @@ def _open_path(path: Path) -> VideoSource:
 
 # --------------------------------------------------------------------------- writing
 
+DEFAULT_FPS = 30.0  # the rate of a written video whose frames have none
+# Encoder -> the format it writes, as users know it. H.264 with 4:2:0 colour (what players
+# accept) codes only even widths and heights; the other encoders take any size.
+_FORMATS = {"libx264": "H.264", "libopenh264": "H.264", "mpeg4": "MPEG-4 Part 2",
+            "libvpx-vp9": "VP9", "libvpx": "VP8"}
+_EVEN_SIZE_ONLY = ("libx264", "libopenh264")
+
+
 def write_video(path, frames: Iterable[np.ndarray], fps: float | None = None,
                 quality: int = 20) -> str:
     """Write RGB uint8 frames `[H, W, 3]` to `path` atomically; returns the codec used.
@@ -501,19 +515,27 @@ def write_video(path, frames: Iterable[np.ndarray], fps: float | None = None,
     The container follows the extension: .mp4/.mov/.mkv (H.264, falling back to MPEG-4 Part 2
     when this FFmpeg build has no H.264 encoder), .webm (VP9), .avi (MPEG-4), .gif (an adaptive
     256-colour palette per frame).
-    `quality` is the H.264/VP9 CRF (lower is better). Odd frame sizes are padded by one
-    replicated pixel where the codec needs even sizes.
+    `quality` is the H.264/VP9 CRF (lower is better). fps: None (or not positive) writes
+    `DEFAULT_FPS`.
+    The file keeps the frames' size and the given rate, except where it cannot, and then a
+    one-line warning on the `taptr.io.video` logger names the change: H.264 stores only even
+    widths and heights, so an odd-sized video gets its last column or row repeated (.webm,
+    .avi and .gif keep any size); a missing encoder changes the codec; a missing rate becomes
+    `DEFAULT_FPS`.
     """
     path = Path(path)
     extension = path.suffix.lower()
-    fps = fps if fps and fps > 0 else 30.0
+    if not (fps and fps > 0):  # None, 0 or NaN (an image folder or an array)
+        logger.warning("%s: the video has no frame rate; written at %g frames/s", path.name,
+                       DEFAULT_FPS)
+        fps = DEFAULT_FPS
     with atomic_path(path) as temp_path:
         if extension == ".gif":
             return _write_gif(temp_path, frames, fps)
         if extension not in (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"):
             raise TaptrError(f"cannot write video {str(path)!r}: use .mp4, .mov, .mkv, .webm, "
                              ".avi or .gif")
-        return _write_with_pyav(temp_path, frames, fps, extension, quality)
+        return _write_with_pyav(temp_path, frames, fps, extension, quality, path.name)
 
 
 def _video_codecs(extension: str) -> list[tuple[str, dict]]:
@@ -525,46 +547,64 @@ def _video_codecs(extension: str) -> list[tuple[str, dict]]:
             ("mpeg4", {"qscale": "3"})]
 
 
-def _available_codec(extension: str, quality: int) -> tuple[str, dict]:
+def _available_codec(extension: str, quality: int, name: str) -> tuple[str, dict]:
+    """The first encoder this FFmpeg build has for `extension` (a warning when its format is
+    not the one the extension normally gets)."""
     import av
 
-    for name, options in _video_codecs(extension):
+    candidates = _video_codecs(extension)
+    for codec, options in candidates:
         try:
-            av.codec.Codec(name, "w")
+            av.codec.Codec(codec, "w")
         except Exception:  # noqa: BLE001
             continue
-        return name, {key: value.format(q=quality) for key, value in options.items()}
+        wanted, written = _FORMATS[candidates[0][0]], _FORMATS[codec]
+        if written != wanted:
+            logger.warning("%s: this FFmpeg build has no %s encoder; written as %s", name,
+                           wanted, written)
+        return codec, {key: value.format(q=quality) for key, value in options.items()}
     raise TaptrError(f"this FFmpeg build has no encoder for {extension} files")
 
 
 def _write_with_pyav(path: Path, frames: Iterable[np.ndarray], fps: float, extension: str,
-                     quality: int) -> str:
+                     quality: int, name: str) -> str:
     import av
 
-    codec, options = _available_codec(extension, quality)
+    codec, options = _available_codec(extension, quality, name)
     format_name = {".mkv": "matroska", ".webm": "webm", ".avi": "avi", ".mov": "mov"}.get(
         extension, "mp4")
     rate = Fraction(fps).limit_denominator(1001)
+    even_only = codec in _EVEN_SIZE_ONLY
     with av.open(str(path), mode="w", format=format_name) as container:
         stream = None
         for frame in frames:
-            frame = _even_size(np.ascontiguousarray(frame, dtype=np.uint8))
+            frame = np.ascontiguousarray(frame, dtype=np.uint8)
             if stream is None:
+                height, width = frame.shape[:2]
+                coded = (width + width % 2, height + height % 2) if even_only else (width, height)
+                if coded != (width, height):
+                    logger.warning(
+                        "%s: H.264 stores only even sizes, so the %dx%d video is written as "
+                        "%dx%d (last column/row repeated); .webm, .avi or .gif keep the size",
+                        name, width, height, *coded)
                 stream = container.add_stream(codec, rate=rate, options=options)
-                stream.height, stream.width = frame.shape[:2]
+                stream.width, stream.height = coded
                 stream.pix_fmt = "yuv420p"
+            if even_only:
+                frame = _even_size(frame)
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
             for packet in stream.encode(video_frame):
                 container.mux(packet)
         if stream is None:
-            raise TaptrError(f"no frames to write to {path.name}")
+            raise TaptrError(f"no frames to write to {name}")
         for packet in stream.encode():
             container.mux(packet)
-    return "h264" if codec in ("libx264", "libopenh264") else codec
+    return "h264" if codec in _EVEN_SIZE_ONLY else codec
 
 
 def _even_size(frame: np.ndarray) -> np.ndarray:
-    """Pad odd heights/widths by replicating the last row/column (yuv420p needs even sizes)."""
+    """Pad odd heights/widths by replicating the last row/column (H.264 4:2:0 needs even
+    sizes)."""
     pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
     if pad_h or pad_w:
         frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")

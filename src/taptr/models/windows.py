@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import torch
 
 from taptr.models.common import inverse_sigmoid
+from taptr.text import count
 
 
 @dataclass
@@ -219,7 +220,7 @@ class TrackStream:
     def push(self, frames: torch.Tensor) -> TrackChunk | None:
         """Add frames [B, t, 3, H, W] (normalised model input); returns newly final frames."""
         if frames.shape[0] != self.batch:
-            raise ValueError(f"expected a batch of {self.batch} videos, got {frames.shape[0]}")
+            raise ValueError(f"expected a batch of {count(self.batch, 'video')}, got {frames.shape[0]}")
         if self.num_frames is not None and self.received + frames.shape[1] > self.num_frames:
             raise ValueError("more frames pushed than num_frames")
         frames = frames.to(self.device, self.dtype)
@@ -243,7 +244,7 @@ class TrackStream:
     def finish(self) -> TrackChunk | None:
         """Run the end-aligned last window and return every remaining frame."""
         if self.num_frames is not None and self.received != self.num_frames:
-            raise ValueError(f"stream got {self.received} of {self.num_frames} frames")
+            raise ValueError(f"stream got {self.received} of {count(self.num_frames, 'frame')}")
         return self._advance(final=True)
 
     def run(self, batches: Iterable[torch.Tensor]) -> Iterator[TrackChunk]:

@@ -50,7 +50,8 @@ def build_validation_sets(names: Sequence[str], clips: int, seed: int, textures=
 
     unknown = [name for name in names if name not in VALIDATION_SETS]
     if unknown:
-        raise TaptrError(f"unknown validation set(s) {unknown}; choose from "
+        noun = "validation set" if len(unknown) == 1 else "validation sets"
+        raise TaptrError(f"unknown {noun} {unknown}; choose from "
                          f"{sorted(VALIDATION_SETS)}")
     library = textures if textures is not None else TextureLibrary.empty()
     sets = {}

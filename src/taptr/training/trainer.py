@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
@@ -47,6 +49,9 @@ from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
 from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
 from taptr.training.run_log import CsvLog, TensorBoardLog
 from taptr.training.validation import METRIC_KEYS, evaluate_samples
+from taptr.text import count
+
+logger = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 CHECKPOINT_FORMAT = "taptr-train-1"
@@ -236,7 +241,7 @@ class Trainer:
 
             report = load_backbone_weights(self.model, config.init_backbone)
             self._print(f"backbone initialised from {config.init_backbone}: "
-                        f"{len(report['loaded'])} entries, {len(report['skipped'])} skipped")
+                        f"{count(len(report['loaded']), 'entry', 'entries')}, {len(report['skipped'])} skipped")
         if config.lr_backbone == 0:  # a frozen backbone: no gradient, no backward through it
             for name, parameter in self.model.named_parameters():
                 if "backbone" in name:
@@ -272,12 +277,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _print(self, message: str) -> None:
+        """A progress message (main process only) through `logging` (the CLI shows them)."""
         if self.context.is_main:
-            tqdm.write(message)
+            logger.info(message)
 
     def _load_initial_weights(self, path: str) -> None:
         """Start from a full set of our weights (fine-tuning); the config must match."""
-        from taptr.official import load_state_strict
         from taptr.weights import read_weights_config
         from safetensors.torch import load_file
 
