@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from taptr.data.synthetic import write_heldout_set
-from taptr.data.synthetic_config import SceneConfig
+from taptr.data.scenes import write_heldout_set
+from taptr.data.scenes.config import SceneConfig
 
 
 def main() -> int:

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from taptr.data.synthetic import SceneConfig, SceneGenerator
-from taptr.data.textures import TextureLibrary
+from taptr.data.scenes import SceneConfig, SceneGenerator
+from taptr.data.scenes.textures import TextureLibrary
 
 SIZES = {"24x256x256": (24, (256, 256)), "48x384x512": (48, (384, 512))}
 

@@ -16,8 +16,8 @@ import time
 import torch
 
 from taptr.config import get_preset
-from taptr.data.synthetic import SceneGenerator
-from taptr.data.synthetic_config import SceneConfig
+from taptr.data.scenes import SceneGenerator
+from taptr.data.scenes.config import SceneConfig
 from taptr.models import build_model
 from taptr.training.batch import make_batch
 from taptr.training.ema import ModelEma

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from taptr import Tracker
-from taptr.data.synthetic import SceneGenerator
-from taptr.data.synthetic_config import SceneConfig
+from taptr.data.scenes import SceneGenerator
+from taptr.data.scenes.config import SceneConfig
 from taptr.evaluation.baselines import make_baseline
 from taptr.training.validation import score_pixels
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from taptr.data.synthetic import SceneConfig, SceneGenerator, write_heldout_set
-from taptr.data.synthetic_effects import jpeg_artifacts
-from taptr.data.synthetic_render import render_layout
-from taptr.data.synthetic_motion import (
+from taptr.data.scenes import SceneConfig, SceneGenerator, write_heldout_set
+from taptr.data.scenes.effects import jpeg_artifacts
+from taptr.data.scenes.render import render_layout
+from taptr.data.scenes.motion import (
     frame_fields,
     invert_deformation,
     random_deformation_fields,
     sample_displacement,
 )
-from taptr.data.textures import TextureLibrary, texture_split
+from taptr.data.scenes.textures import TextureLibrary, texture_split
 from taptr.errors import TaptrError
 from tracking_helpers import colours_at
 
@@ -272,7 +272,7 @@ def test_missing_texture_folder_is_a_user_error(tmp_path):
 def test_texture_fetch_keeps_photos_only(tmp_path):
     """The package rules pick the largest photo of each wallpaper, skip abstract art and
     clip art; no download involved."""
-    from taptr.data.texture_fetch import PHOTO_PACKAGES, looks_like_photo_cutout, select_files
+    from taptr.data.scenes.texture_fetch import PHOTO_PACKAGES, looks_like_photo_cutout, select_files
 
     rules = {package.name: package for package in PHOTO_PACKAGES}
     root = tmp_path / "plasma"

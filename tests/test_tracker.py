@@ -302,3 +302,15 @@ def test_no_third_party_warning_for_any_input_kind(tracker, clip, tmp_path, kind
         video.flags.writeable = kind == "array"
     result = tracker.track(video, queries=QUERIES, progress=False)
     assert result.tracks.shape == (len(QUERIES), len(clip), 2)
+
+
+def test_video_sizes_are_named_width_then_height(tracker):
+    from taptr.coords import FrameSize
+    from taptr.io.video import open_video
+
+    video = np.random.default_rng(0).integers(0, 255, (5, 17, 15, 3), dtype=np.uint8)
+    assert open_video(video).size == FrameSize(width=15, height=17)
+    result = tracker.track(video, queries=[[0, 3.0, 4.0]], progress=False)
+    assert isinstance(result.video_size, FrameSize)
+    assert (result.video_size.width, result.video_size.height) == (15, 17)
+    assert str(result.video_size) == "15x17"

@@ -450,3 +450,20 @@ def test_init_weights_starts_from_saved_weights_and_refuses_another_model(tmp_pa
     with pytest.raises(TaptrError, match="differs from the 'tiny' preset"):
         Trainer(tiny_config(tmp_path / "x", init_weights=str(other)),
                 clip_source=DriftingNoiseClips(seed=1), context=CPU)
+
+
+def test_train_only_changes_just_the_named_parameters(tmp_path):
+    sample = DriftingNoiseClips(seed=5)(0)
+    config = tiny_config(tmp_path, steps=2, lr=1e-3, lr_backbone=1e-3,
+                         train_only=("decoder.visibility_heads", "window_updater"))
+    trainer = Trainer(config, clip_source=FixedClip(sample), context=CPU)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.run()
+    changed = {name for name, p in trainer.model.named_parameters()
+               if not torch.equal(p, before[name])}
+    assert changed, "nothing was trained"
+    assert all(name.startswith(("decoder.visibility_heads", "window_updater"))
+               for name in changed), sorted(changed)
+    with pytest.raises(TaptrError, match="no parameter name starts with"):
+        Trainer(tiny_config(tmp_path / "b", train_only=("decoder.nonexistent",)),
+                clip_source=FixedClip(sample), context=CPU)

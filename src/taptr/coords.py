@@ -15,6 +15,21 @@ NumPy and PyTorch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class FrameSize(NamedTuple):
+    """A video frame's size in pixels, (width, height) as in "640x480": what every video-facing
+    API takes and returns (`VideoSource.size`, `TrackResult.video_size`, the `video_size` of the
+    functions below). Array-facing sizes (`ModelConfig.input_size`, `SceneConfig.size`) are
+    (height, width), like array shapes (docs/conventions.md)."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
 
 def _size_vector(like, width: float, height: float):
     """(width, height) as an array/tensor matching `like`'s library, dtype and device."""

@@ -74,8 +74,8 @@ def load_demo_clip(max_frames: int = 80) -> DemoClip:
 
 def synthetic_demo_clip(num_frames: int = 48, seed: int = 7) -> DemoClip:
     """A clip from the synthetic scene engine (procedural textures, no download)."""
-    from taptr.data.synthetic import SceneGenerator
-    from taptr.data.synthetic_config import SceneConfig
+    from taptr.data.scenes import SceneGenerator
+    from taptr.data.scenes.config import SceneConfig
 
     config = SceneConfig(size=(272, 480), num_frames=num_frames, num_points=16)
     sample = SceneGenerator(config).generate(seed)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from taptr.coords import FrameSize
 from taptr.errors import TaptrError
 from taptr.io.tracks import load_tracks, save_tracks
 from taptr.text import count
@@ -17,7 +18,8 @@ class TrackResult:
     """Tracks in pixels of the original video (pixel centres at integers).
 
     tracks: [N, T, 2] float32 (x, y); visible: [N, T] bool; visibility: [N, T] float32
-    probability of being visible; queries: [N, 3] float32 (t, x, y); video_size: (W, H);
+    probability of being visible; queries: [N, 3] float32 (t, x, y); video_size: a
+    `taptr.coords.FrameSize` (width, height);
     fps: frames per second (None when unknown). `backward` says whether frames before each
     query frame were tracked (False: they hold the query position and are not visible).
     At its query frame a point is exactly at its query and visible.
@@ -31,6 +33,9 @@ class TrackResult:
     fps: float | None = None
     backward: bool = True
     video: object = field(default=None, repr=False, compare=False)  # source, for overlays
+
+    def __post_init__(self) -> None:
+        self.video_size = FrameSize(*(int(v) for v in self.video_size))
 
     @property
     def num_points(self) -> int:

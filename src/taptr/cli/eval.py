@@ -25,8 +25,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--data", required=True, help="TAP-Vid pickle, or a directory of pickles (Kinetics, RoboTAP)"
     )
-    parser.add_argument("--mode", choices=("first", "strided"), default="first",
-                        help="query sampling (default: first)")
+    from taptr.evaluation.evaluate import EvalProtocol
+    from taptr.evaluation.metrics import QUERY_MODES
+
+    defaults = EvalProtocol()
+    parser.add_argument("--mode", choices=QUERY_MODES, default=defaults.query_mode,
+                        help=f"query sampling (default: {defaults.query_mode})")
     parser.add_argument("--tracker", default="taptr",
                         help="taptr (default), or a classical baseline: static, lk, dis")
     parser.add_argument("--weights", default=None,
@@ -36,8 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--json", default=None, metavar="OUT", help="write all results as JSON")
     parser.add_argument("--per-video", default=None, metavar="CSV",
                         help="write one CSV row per video")
-    parser.add_argument("--resolution", choices=("256", "native"), default="256",
-                        help="frames given to the tracker: 256x256 (official, default) or native")
+    parser.add_argument("--resolution", choices=("256", "native"), default=defaults.resolution,
+                        help="frames given to the tracker: 256x256 (the official protocol) or "
+                             f"native (default: {defaults.resolution})")
     parser.add_argument("--scale-255", action="store_true",
                         help="CoTracker/official-TAPTR coordinates (x255) instead of tapnet's x256")
     parser.add_argument("--pad-queries", type=int, default=None, metavar="N",

@@ -38,7 +38,7 @@ def run(args) -> int:
 
 
 def _fetch(args) -> int:
-    from taptr.data.texture_fetch import PHOTO_PACKAGES, fetch_textures
+    from taptr.data.scenes.texture_fetch import PHOTO_PACKAGES, fetch_textures
 
     packages = PHOTO_PACKAGES
     if args.packages:
@@ -62,7 +62,7 @@ def _fetch(args) -> int:
 
 
 def _info(args) -> int:
-    from taptr.data.textures import list_images, texture_split
+    from taptr.data.scenes.textures import list_images, texture_split
 
     images = list_images(args.dest)
     if not images:

@@ -46,8 +46,12 @@ def register(subparsers) -> None:
                         help="precision (bf16/fp16 run under autocast; default fp32)")
     parser.add_argument("--no-backward", action="store_true",
                         help="do not track frames before each query frame")
-    parser.add_argument("--trail", type=int, default=12, metavar="N",
-                        help="trail length in frames in the overlay (0 none, -1 all; default 12)")
+    from taptr.viz import OverlayStyle
+
+    style = OverlayStyle()
+    parser.add_argument("--trail", type=int, default=style.trail, metavar="N",
+                        help="trail length in frames in the overlay (0 none, -1 all; "
+                             f"default {style.trail})")
     parser.add_argument("--hide-occluded", action="store_true",
                         help="hide occluded points in the overlay (default: hollow rings)")
     parser.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")

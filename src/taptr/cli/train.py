@@ -46,6 +46,9 @@ _SETTINGS = (
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
     ("--lr", "lr", float, "learning rate"),
     ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it"),
+    ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),
+     "train only parameters whose names start with these prefixes, comma-separated "
+     "(e.g. decoder.correlation)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
     ("--schedule", "schedule", str, "cosine, multistep or constant"),
     ("--warmup-steps", "warmup_steps", int, "linear warmup steps"),

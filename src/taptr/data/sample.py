@@ -1,6 +1,6 @@
 """`TrackingSample`: one training clip with its point tracks, shared by every data source.
 
-The synthetic scene engine (`taptr.data.synthetic`) and the Kubric reader (`taptr.data.kubric`)
+The synthetic scene engine (`taptr.data.scenes`) and the Kubric reader (`taptr.data.kubric`)
 both produce it; the trainer batches it.
 """
 

@@ -23,11 +23,14 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taptr import coords
-from taptr.distributed import DistributedContext
+
+if TYPE_CHECKING:  # torch is imported only when evaluating
+    from taptr.distributed import DistributedContext
 from taptr.evaluation.datasets import (
     METRIC_RESOLUTION,
     TapVidSource,
@@ -209,7 +212,10 @@ def evaluate(
     order], "skipped_videos": [names without any query]}.
     """
     protocol = protocol or EvalProtocol()
-    distributed = distributed or DistributedContext()
+    if distributed is None:
+        from taptr.distributed import DistributedContext
+
+        distributed = DistributedContext()
     source = data if isinstance(data, TapVidSource) else TapVidSource(data)
     track_kwargs = tracker_keywords(tracker, protocol)
     pad_applied = protocol.pad_queries is not None and len(track_kwargs.keys() & PAD_KEYWORDS) > 0

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from taptr.coords import FrameSize
 from taptr.errors import TaptrError
 from taptr.io.atomic import atomic_path
 from taptr.text import count
@@ -169,7 +170,7 @@ class ArrayVideo(RandomAccessVideo):
             raise TaptrError(f"{name}: the video has no frames")
         self._scale = _float_scale(frames)
         self.num_frames = int(frames.shape[0])
-        self.size = (int(width), int(height))
+        self.size = FrameSize(int(width), int(height))
         self.fps = fps
         self.name = name
 
@@ -224,7 +225,7 @@ class ImageFolderVideo(RandomAccessVideo):
             raise TaptrError(f"{self.name}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the "
                              "folder")
         first = self._read(self._paths[0])
-        self.size = (first.shape[1], first.shape[0])
+        self.size = FrameSize(first.shape[1], first.shape[0])
         self.num_frames = len(self._paths)
         self.fps = fps
 
@@ -304,7 +305,7 @@ class PyAVVideo(VideoSource):
             raise TaptrError(f"{self.name}: the video has no frames")
         self._rotation = _quarter_turns(getattr(first, "rotation", 0))
         width, height = first.width, first.height
-        self.size = (height, width) if self._rotation % 2 else (width, height)
+        self.size = FrameSize(height, width) if self._rotation % 2 else FrameSize(width, height)
         self._pts = timestamps
         if timestamps is not None:
             self.num_frames = len(timestamps)
@@ -426,7 +427,7 @@ class OpenCVVideo(VideoSource):
             raise TaptrError(f"{self.name}: the video has no frames")
         first = next(self.iter_frames_unchecked(0, 1))
         self.num_frames = count
-        self.size = (first.shape[1], first.shape[0])
+        self.size = FrameSize(first.shape[1], first.shape[0])
         self.fps = float(fps) if 0 < fps < 1000 else None
 
     def iter_frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:

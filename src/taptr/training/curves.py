@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from taptr.data.synthetic_config import SceneConfig
+from taptr.data.scenes.config import SceneConfig
 from taptr.errors import TaptrError
 from taptr.data.seeding import derive_seed
 
@@ -45,8 +45,8 @@ def build_validation_sets(names: Sequence[str], clips: int, seed: int, textures=
     textures: a `TextureLibrary` of held-out photos (None: procedural textures only). The clips
     depend only on (seed, name, index): every run with the same seed sees the same set.
     """
-    from taptr.data.synthetic import SceneGenerator
-    from taptr.data.textures import TextureLibrary
+    from taptr.data.scenes import SceneGenerator
+    from taptr.data.scenes.textures import TextureLibrary
 
     unknown = [name for name in names if name not in VALIDATION_SETS]
     if unknown:

@@ -62,7 +62,7 @@ class SyntheticClips:
 
     def _scene_generator(self):
         if self._generator is None:
-            from taptr.data.synthetic import SceneGenerator
+            from taptr.data.scenes import SceneGenerator
 
             self._generator = SceneGenerator(self.scene_config, self._textures, self.device)
         return self._generator
@@ -76,7 +76,7 @@ class SyntheticClips:
         return derive_seed(self.seed, int(index))
 
     def _set_difficulty(self, index: int) -> None:
-        from taptr.data.synthetic_config import SceneRanges
+        from taptr.data.scenes.config import SceneRanges
 
         config = dataclasses.replace(self.scene_config, difficulty=self.ramp(index))
         self._scene_generator().ranges = SceneRanges.from_config(config)
@@ -94,7 +94,7 @@ class SyntheticClips:
 
 def scene_config(config, model_config: ModelConfig, textures: str | None, split: str,
                  effects: bool = True):
-    from taptr.data.synthetic_config import SceneConfig
+    from taptr.data.scenes.config import SceneConfig
 
     return SceneConfig(size=_clip_size(config, model_config), num_frames=config.clip_length,
                        num_points=config.num_points, difficulty=config.difficulty,
@@ -128,7 +128,7 @@ def _kubric_source(config, model_config: ModelConfig, data_seed: int):
 def build_eval_samples(config, model_config: ModelConfig, device: torch.device) -> dict:
     """The validation sets (`curves.VALIDATION_SETS`, named by `config.eval_sets`), rendered
     once at the start of a run: name -> list of TrackingSample."""
-    from taptr.data.textures import TextureLibrary
+    from taptr.data.scenes.textures import TextureLibrary
     from taptr.training.curves import build_validation_sets
 
     if config.eval_textures:

@@ -79,6 +79,9 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     lr_backbone: float = 0.0  # parameters whose name contains 'backbone'; 0 freezes them
+    # Train only parameters whose name starts with one of these (e.g. 'decoder.correlation');
+    # empty: all (ours, for fine-tuning a part of a model that already tracks).
+    train_only: tuple[str, ...] = ()
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
     warmup_steps: int = 50
@@ -118,6 +121,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
         self.eval_sets = tuple(self.eval_sets)
+        self.train_only = tuple(self.train_only)
         if self.clip_size is not None:
             self.clip_size = (int(self.clip_size[0]), int(self.clip_size[1]))
         self.validate()
@@ -242,10 +246,7 @@ class Trainer:
             report = load_backbone_weights(self.model, config.init_backbone)
             self._print(f"backbone initialised from {config.init_backbone}: "
                         f"{count(len(report['loaded']), 'entry', 'entries')}, {len(report['skipped'])} skipped")
-        if config.lr_backbone == 0:  # a frozen backbone: no gradient, no backward through it
-            for name, parameter in self.model.named_parameters():
-                if "backbone" in name:
-                    parameter.requires_grad_(False)
+        self._freeze(config)
         self.model.to(self.device).train()
         self.ddp_model = self._wrap_distributed(self.model)
 
@@ -276,6 +277,20 @@ class Trainer:
         self._boundary_rng = ckpt.capture_rng_state()
 
     # ------------------------------------------------------------------ setup helpers
+    def _freeze(self, config: TrainConfig) -> None:
+        """No gradient for the backbone when lr_backbone is 0 (and no backward through it), and
+        for every parameter outside `train_only` when it is given."""
+        matched = set()
+        for name, parameter in self.model.named_parameters():
+            outside = config.train_only and not any(name.startswith(prefix)
+                                                     for prefix in config.train_only)
+            if (config.lr_backbone == 0 and "backbone" in name) or outside:
+                parameter.requires_grad_(False)
+            matched |= {prefix for prefix in config.train_only if name.startswith(prefix)}
+        unmatched = sorted(set(config.train_only) - matched)
+        if unmatched:
+            raise TaptrError(f"train_only: no parameter name starts with {unmatched}")
+
     def _print(self, message: str) -> None:
         """A progress message (main process only) through `logging` (the CLI shows them)."""
         if self.context.is_main:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from taptr.data.synthetic_layout import SceneLayout
-from taptr.data.synthetic_motion import (
+from taptr.data.scenes.layout import SceneLayout
+from taptr.data.scenes.motion import (
     apply_homography,
     frame_fields,
     homography_grid,

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from taptr import coords
-from taptr.data.synthetic_config import SceneConfig
-from taptr.data.synthetic_layout import SceneLayout
-from taptr.data.synthetic_motion import (
+from taptr.data.scenes.config import SceneConfig
+from taptr.data.scenes.layout import SceneLayout
+from taptr.data.scenes.motion import (
     apply_homography,
     frame_fields,
     invert_deformation,

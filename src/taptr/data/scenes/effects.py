@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from taptr.data.synthetic_config import SceneRanges
+from taptr.data.scenes.config import SceneRanges
 
 BLUR_TAPS = 5
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from taptr.data.synthetic_config import SceneConfig, SceneRanges
-from taptr.data.synthetic_motion import (
+from taptr.data.scenes.config import SceneConfig, SceneRanges
+from taptr.data.scenes.motion import (
     perspective,
     random_deformation_fields,
     rotation_scale,
@@ -24,14 +24,14 @@ from taptr.data.synthetic_motion import (
     translation,
     apply_homography,
 )
-from taptr.data.synthetic_textures import (
+from taptr.data.scenes.procedural import (
     crop_photo,
     place_cutout,
     prefilter_for_minification,
     procedural_texture,
     random_shape_mask,
 )
-from taptr.data.textures import TextureLibrary
+from taptr.data.scenes.textures import TextureLibrary
 
 
 @dataclass

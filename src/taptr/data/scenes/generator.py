@@ -16,8 +16,8 @@ the nearer layers) and the frame bounds.
 Everything is a deterministic function of the seed (and the device: CPU and GPU give the same
 scene up to floating-point rounding, and different sensor noise).
 
-Stages (one module each): `synthetic_layout` draws the scene, `synthetic_render` draws the
-frames, `synthetic_points` computes the ground truth, `synthetic_effects` degrades the frames.
+Stages (one module each in this package): `layout` draws the scene, `render` draws the
+frames, `points` computes the ground truth, `effects` degrades the frames.
 """
 
 from __future__ import annotations
@@ -31,19 +31,18 @@ import torch
 
 from taptr.data.sample import TrackingSample
 from taptr.data.seeding import derive_seed
-from taptr.data.synthetic_config import SceneConfig, SceneRanges
-from taptr.data.synthetic_effects import CameraEffects, apply_effects, sample_effects
-from taptr.data.synthetic_layout import SceneLayout, sample_layout, stack_layouts
-from taptr.data.synthetic_points import PointTracks, sample_tracks
-from taptr.data.synthetic_render import RenderedScenes, render_layout
+from taptr.data.scenes.config import SceneConfig, SceneRanges
+from taptr.data.scenes.effects import CameraEffects, apply_effects, sample_effects
+from taptr.data.scenes.layout import SceneLayout, sample_layout, stack_layouts
+from taptr.data.scenes.points import PointTracks, sample_tracks
+from taptr.data.scenes.render import RenderedScenes, render_layout
 from taptr.data.tapvid import write_tapvid_pickle
-from taptr.data.textures import TextureLibrary
+from taptr.data.scenes.textures import TextureLibrary
 
 __all__ = [
     "SceneConfig",
     "SceneGenerator",
     "SceneBatch",
-    "derive_seed",
     "write_heldout_set",
 ]
 

@@ -27,7 +27,7 @@ class SceneConfig:
             "easy", "medium", "hard".
         effects: apply camera effects (motion blur, brightness/contrast drift, noise,
             compression artefacts); off gives exactly rendered frames.
-        textures: a folder of images (see `taptr.data.textures`), or None for procedural
+        textures: a folder of images (see `taptr.data.scenes.textures`), or None for procedural
             textures only.
         texture_split: which textures of the folder to use: "train", "heldout" or "all".
         min_foreground, max_foreground: number of foreground layers per clip (inclusive).
