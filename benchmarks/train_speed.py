@@ -2,10 +2,18 @@
 
     python benchmarks/train_speed.py                      # small preset, 24 frames, 256 points
     python benchmarks/train_speed.py --preset tiny --frames 8 --points 64 --steps 3
+    python benchmarks/train_speed.py --reference f75c4b0   # side by side with an old commit
 
-One step = forward with all decoder layers, the spec-6.1 losses, backward, gradient clipping,
-AdamW and the EMA update, on a fixed batch of synthetic clips (data time excluded: the scene
-engine has its own benchmark). CUDA runs use bf16 autocast, as `taptr train` does by default.
+`--reference COMMIT` times, in one run and with the same threads, the training step (frozen
+backbone) of the same weights on the same batch under the old commit's code and under this
+tree's, compares the first step's gradients (largest relative difference over parameters), and
+adds a row for this tree's default small preset (with our correlation update, which the old
+code does not have).
+
+One step = forward with all decoder layers, the losses (docs/architecture.md, section 6.1),
+backward, gradient clipping, AdamW and the EMA update, on a fixed batch of synthetic clips (data
+time excluded: the scene engine has its own benchmark). CUDA runs use bf16 autocast, as
+`taptr train` does by default.
 """
 
 from __future__ import annotations
@@ -67,6 +75,53 @@ def time_steps(preset: str, batch: dict, device: torch.device, steps: int, warmu
     return (time.perf_counter() - start) / steps
 
 
+def side_by_side(commit: str, frames: int, points: int, steps: int, warmup: int,
+                 threads: int) -> None:
+    """The `--reference` table (see the module docstring)."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from reference_code import REPOSITORY, checkout, run_python
+
+    worker = Path(__file__).resolve().parent / "train_step_worker.py"
+    reference_config = get_preset("small").replace(correlation_stages=(), initialisation="detr")
+    cases = {"old preset": reference_config, "current small preset": get_preset("small")}
+    batch = make_fixed_batch("small", frames, points, 1, torch.device("cpu"))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="taptr-train-speed-") as folder:
+        for name, config in cases.items():
+            torch.manual_seed(0)
+            model = build_model(config)
+            torch.save({"config": dataclasses.asdict(config), "state": model.state_dict(),
+                        "batch": batch}, Path(folder) / f"{len(results)}.pt")
+            results[name] = Path(folder) / f"{len(results)}.pt"
+        args = [str(steps), str(warmup)]
+        timings = {}
+        with checkout(commit) as old_tree:
+            run_python(worker, old_tree, [str(results["old preset"]), f"{folder}/ref.pt", *args],
+                       threads)
+        run_python(worker, REPOSITORY, [str(results["old preset"]), f"{folder}/new.pt", *args],
+                   threads)
+        run_python(worker, REPOSITORY, [str(results["current small preset"]),
+                                        f"{folder}/cur.pt", *args], threads)
+        for label in ("ref", "new", "cur"):
+            timings[label] = torch.load(f"{folder}/{label}.pt", weights_only=True)
+    old, new = timings["ref"], timings["new"]
+    worst = max(float((new["gradients"][k] - g).norm() / g.norm().clamp_min(1e-12))
+                for k, g in old["gradients"].items())
+    print(f"training step, small preset, 1 clip of {frames} frames x {points} points, "
+          f"frozen backbone, {threads} thread(s), mean of {steps} steps after {warmup}")
+    print(f"{'code':<34} {'s/step':>8} {'speed-up':>9}")
+    print(f"{'commit ' + commit + ' (reference)':<34} {old['seconds_per_step']:>8.3f} {1.0:>9.2f}")
+    print(f"{'this tree, same model':<34} {new['seconds_per_step']:>8.3f} "
+          f"{old['seconds_per_step'] / new['seconds_per_step']:>9.2f}")
+    current = timings["cur"]["seconds_per_step"]
+    print(f"{'this tree, small + correlation':<34} {current:>8.3f} "
+          f"{old['seconds_per_step'] / current:>9.2f}")
+    print(f"largest relative gradient difference (same model): {worst:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +136,13 @@ def main() -> None:
     parser.add_argument("--devices", default="auto", help="comma list, e.g. cpu,cuda (auto: "
                                                            "cpu and cuda when available)")
     parser.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), none, bf16")
+    parser.add_argument("--reference", metavar="COMMIT",
+                        help="side by side with this commit's code on CPU (e.g. f75c4b0)")
     args = parser.parse_args()
+    if args.reference:
+        side_by_side(args.reference, args.frames, args.points, args.steps, args.warmup,
+                     torch.get_num_threads())
+        return
     names = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
              if args.devices == "auto" else args.devices.split(","))
     input_size = get_preset(args.preset).input_size

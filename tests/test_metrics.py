@@ -1,4 +1,4 @@
-"""TAP-Vid metrics: the worked examples of the design doc, properties, a loop reference."""
+"""TAP-Vid metrics: three hand-computed worked examples, properties, a loop reference."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ GT_XY = (100.0, 50.0)
 
 
 def still_track(num_frames):
-    """[1, 1, T, 2]: the design doc's GT point at (x, y) = (100, 50) in every frame."""
+    """[1, 1, T, 2]: the worked examples' GT point at (x, y) = (100, 50) in every frame."""
     return np.tile(np.array(GT_XY), (1, 1, num_frames, 1))
 
 

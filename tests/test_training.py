@@ -467,3 +467,18 @@ def test_train_only_changes_just_the_named_parameters(tmp_path):
     with pytest.raises(TaptrError, match="no parameter name starts with"):
         Trainer(tiny_config(tmp_path / "b", train_only=("decoder.nonexistent",)),
                 clip_source=FixedClip(sample), context=CPU)
+
+
+def test_capped_location_loss_ignores_lost_points():
+    from taptr.training.losses import masked_l1
+
+    target = torch.zeros(1, 3, 2)
+    predicted = torch.tensor([[[0.01, 0.0], [0.5, 0.0], [0.02, 0.01]]], requires_grad=True)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    plain = masked_l1(predicted, target, mask)
+    capped = masked_l1(predicted, target, mask, cap=0.1)
+    assert torch.isclose(plain, torch.tensor(0.54 / 4))
+    assert torch.isclose(capped, torch.tensor((0.01 + 0.1 + 0.03) / 4))
+    capped.backward()
+    assert predicted.grad[0, 1].abs().sum() == 0  # the lost point gives no gradient
+    assert predicted.grad[0, 0, 0] > 0 and predicted.grad[0, 2, 0] > 0

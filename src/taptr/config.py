@@ -58,7 +58,7 @@ class ModelConfig:
     # Dropout on the content carried from one window to the next (training only; the official
     # code's value).
     window_update_dropout: float = 0.6
-    # Reproduce the official code's quirks (section 9 of the spec): the H/W swaps in query
+    # Reproduce the official code's quirks (docs/architecture.md, 9.2): the H/W swaps in query
     # initialisation and in the APU, and the eval-only long-video content padding. Needed only to
     # match official outputs bit for bit; for square inputs and T <= 24 it changes nothing.
     official_compat: bool = False

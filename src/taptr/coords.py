@@ -1,6 +1,6 @@
 """Every coordinate conversion of the project, in one place.
 
-Conventions (docs/conventions: pixel centres at integers):
+Conventions (docs/conventions.md, section 1: pixel centres at integers):
 - pixel: (x, y) in the original video, centre of the top-left pixel at (0, 0).
 - input pixel: the same point in the resized network input of size (W_in, H_in), mapped with
   half-pixel centres: x_in = (x + 0.5) * W_in / W - 0.5 (what `F.interpolate(...,
@@ -22,7 +22,7 @@ class FrameSize(NamedTuple):
     """A video frame's size in pixels, (width, height) as in "640x480": what every video-facing
     API takes and returns (`VideoSource.size`, `TrackResult.video_size`, the `video_size` of the
     functions below). Array-facing sizes (`ModelConfig.input_size`, `SceneConfig.size`) are
-    (height, width), like array shapes (docs/conventions.md)."""
+    (height, width), like array shapes (docs/conventions.md, section 3)."""
 
     width: int
     height: int

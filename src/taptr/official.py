@@ -105,7 +105,8 @@ def load_official(path_or_state_dict, official_compat: bool = False, entry: str 
     """Build the paper model and load official weights into it.
 
     path_or_state_dict: path to `taptrv2.pth` or an official-format state dict (tensors or
-    arrays). official_compat: reproduce the official quirks exactly (spec section 9).
+    arrays). official_compat: reproduce the official quirks exactly (docs/architecture.md,
+    section 9.2).
     """
     from taptr.models import build_model
 

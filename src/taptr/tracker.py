@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from taptr import coords
 from taptr.errors import TaptrError
 from taptr.io.video import open_video
 from taptr.model_io import ModelIO, PixelChunk
@@ -205,6 +206,6 @@ def padding_points(count: int, num_frames: int, input_size: tuple[int, int],
     upper = np.array([width - 1, height - 1]) - margin
     pixels = margin + generator.random((count, 2)) * (upper - margin)
     frames = np.minimum(generator.integers(0, PADDING_RESTART_FRAMES + 1, count), num_frames - 1)
-    model = pixels / np.array([max(width - 1, 1), max(height - 1, 1)])
+    model = coords.input_to_model(pixels, (width, height))
     return (torch.from_numpy(model).float()[None],
             torch.from_numpy(frames.astype(np.int64))[None])

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from taptr import coords
 from taptr.errors import TaptrError
 from taptr.text import count
 
@@ -56,10 +57,8 @@ def point_colors(points: np.ndarray, video_size: tuple[int, int]) -> np.ndarray:
     hue = x / W over 0..300 degrees (red to magenta, so left and right edges differ),
     saturation 1 -> 0.55 and value 1 -> 0.8 from top to bottom.
     """
-    width, height = video_size
     points = np.asarray(points, np.float64).reshape(-1, 2)
-    u = np.clip((points[:, 0] + 0.5) / max(width, 1), 0.0, 1.0)
-    v = np.clip((points[:, 1] + 0.5) / max(height, 1), 0.0, 1.0)
+    u, v = np.clip(coords.pixel_to_tapvid(points, video_size), 0.0, 1.0).T  # corner-origin [0, 1]
     return _hsv_to_rgb(u * 300.0 / 360.0, 1.0 - 0.45 * v, 1.0 - 0.2 * v)
 
 

@@ -46,6 +46,8 @@ _SETTINGS = (
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
     ("--lr", "lr", float, "learning rate"),
     ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it"),
+    ("--loss-cap-px", "loss_cap_px", float,
+     "cap each point-frame's location error at this many input pixels (0: official L1)"),
     ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),
      "train only parameters whose names start with these prefixes, comma-separated "
      "(e.g. decoder.correlation)"),

@@ -1,6 +1,6 @@
 """Kubric MOVi-F training clips in the CoTracker layout, with the official TAPTRv2 pipeline.
 
-On-disk layout (`shared/design/tapvid_and_kubric.md` section 3):
+On-disk layout (docs/data.md, section 3):
 
     <root>/<seq>/frames/000.png 001.png ...   RGB frames (512 x 512), sorted by name
     <root>/<seq>/<seq>.npy                    np.save of a dict:

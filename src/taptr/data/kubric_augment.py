@@ -1,11 +1,12 @@
-"""The official TAPTRv2 / CoTracker Kubric augmentations (spec section 6.3), on NumPy arrays.
+"""The official TAPTRv2 / CoTracker Kubric augmentations (docs/data.md, section 3), on NumPy
+arrays.
 
 Every function takes and returns a `Clip` (frames uint8 `[T, H, W, 3]`, tracks float32
 `[T, N, 2]` pixel (x, y) with centres at integers, visible bool `[T, N]`) and draws from a
 `numpy.random.Generator`. Pixel constants of the official code (tuned for 512 x 512 frames:
 eraser sizes, padding, crop jitter) are scaled by min(H, W) / 512.
 
-Deliberate differences from the official code (section 9 of the spec): point coordinates are
+Deliberate differences from the official code (docs/data.md, section 3): point coordinates are
 rescaled with half-pixel centres, x' = (x + 0.5) * W' / W - 0.5 (the way cv2 resizes images),
 and points leaving the frame vertically are flagged in the photometric step too.
 """
@@ -228,8 +229,8 @@ def camera_panning(
         resized_frames.append(
             cv2.resize(frames[t], (new_width, new_height), interpolation=cv2.INTER_LINEAR)
         )
-        factor = np.array([new_width / width, new_height / height], dtype=np.float32)
-        resized_tracks[t] = (tracks[t] + 0.5) * factor - 0.5
+        resized_tracks[t] = coords.pixel_to_input(tracks[t], (width, height),
+                                                  (new_width, new_height))
 
     visible_first = clip.visible[0]
     if visible_first.any():
@@ -287,8 +288,7 @@ def resize_clip(clip: Clip, size: tuple[int, int]) -> Clip:
             for frame in clip.frames
         ]
     )
-    factor = np.array([new_width / width, new_height / height], dtype=np.float32)
-    tracks = (clip.tracks + 0.5) * factor - 0.5
+    tracks = coords.pixel_to_input(clip.tracks, (width, height), (new_width, new_height))
     visible = clip.visible & coords.within_pixel_centres(tracks, (new_width, new_height))
     return Clip(frames, tracks.astype(np.float32), visible)
 

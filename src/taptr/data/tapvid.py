@@ -1,6 +1,6 @@
 """TAP-Vid evaluation data: read and write the benchmark's pickle files.
 
-Formats (TAP-Vid README, `shared/design/tapvid_and_kubric.md` section 2.5), each entry a dict
+Formats (TAP-Vid README; layouts in docs/conventions.md, section 4), each entry a dict
 with `video`, `points` ([N, T, 2] normalised (x, y), corner origin, see `taptr.coords`) and
 `occluded` ([N, T] bool, True = not visible):
 

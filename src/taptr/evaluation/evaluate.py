@@ -1,6 +1,6 @@
 """The TAP-Vid evaluation loop: sample queries, run a tracker, score every video, average.
 
-Protocol (tapnet's, section 2 of `shared/design/tapvid_and_kubric.md`):
+Protocol (tapnet's; docs/evaluation.md, "Protocol, exactly"):
 * the tracker sees the frames resized to 256x256 (or at native resolution) and queries in
   pixels of those frames (`taptr.coords.tapvid_to_pixel`);
 * its predictions are rescaled to the 256x256 metric frame (`taptr.coords.pixel_to_metric`),

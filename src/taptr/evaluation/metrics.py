@@ -1,6 +1,6 @@
 """TAP-Vid metrics with tapnet's exact definitions (`compute_tapvid_metrics`).
 
-Written from the definitions in `shared/design/tapvid_and_kubric.md` section 2: strict
+Written from tapnet's definitions (docs/architecture.md, section 7.1): strict
 thresholds d < delta for delta in 1, 2, 4, 8, 16 pixels of a 256x256 frame, query frames (and,
 in `first` mode, every earlier frame) excluded, cells pooled over the queries of one video.
 Zero denominators give NaN, as in tapnet.

@@ -76,7 +76,7 @@ def make_toy_video(
     video = np.stack(frames)
     tracks = np.stack(tracks, axis=1)  # [N, T, 2] pixels
     x, y = tracks[..., 0], tracks[..., 1]
-    occluded = (x < -0.5) | (x > width - 0.5) | (y < -0.5) | (y > height - 0.5)
+    occluded = ~coords.on_image(tracks, (width, height))
 
     if occluder:
         box = np.array([width / 4, height / 4])

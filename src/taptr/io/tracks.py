@@ -1,6 +1,6 @@
 """Track files (.npz, .csv, .json) and query files (.csv/.txt, .npy, .npz).
 
-Track files hold, for N points and T frames (conventions.md, "Arrays"):
+Track files hold, for N points and T frames (docs/conventions.md, section 4):
   tracks [N, T, 2] float32 (x, y) pixels, visible [N, T] bool, visibility [N, T] float32,
   queries [N, 3] float32 (t, x, y), video_size (W, H), fps (float, NaN when unknown).
 The CSV is the long form `point,frame,x,y,visible,visibility`, one row per point and frame; it

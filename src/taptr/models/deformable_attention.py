@@ -223,7 +223,8 @@ class KeyAwareDeformableAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # The official model ends with xavier on the offset weight (spec section 9, item 8).
+        # The official model ends with xavier on the offset weight (docs/architecture.md,
+        # section 9.1, item 8).
         nn.init.xavier_uniform_(self.sampling_offsets.weight)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(

@@ -159,7 +159,7 @@ class TAPTRv2(nn.Module):
             level = memory[:, start:start + height * width].transpose(1, 2)
             level = level.reshape(batch, -1, height, width)
             grid = points
-            if self.config.official_compat:  # official H/W swap (spec section 9)
+            if self.config.official_compat:  # official H/W swap (docs/architecture.md, 9.2)
                 scale = points.new_tensor([(height - 1) / max(width - 1, 1),
                                            (width - 1) / max(height - 1, 1)])
                 grid = points * scale

@@ -194,7 +194,8 @@ class TrackStream:
             self._initialise_queries(frame)
 
     def _initialise_queries(self, frame: int) -> None:
-        """Sample the content of points whose query frame is `frame` (spec 3.1)."""
+        """Sample the content of points whose query frame is `frame` (docs/architecture.md,
+        section 3.5)."""
         starting = (self.queries.frames == frame) & ~self.queries.initialised
         if not bool(starting.any()):
             return

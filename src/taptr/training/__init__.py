@@ -1,4 +1,5 @@
-"""Training: losses (spec 6.1), optimisation and EMA (6.2), checkpoints, the loop.
+"""Training: losses, optimisation and EMA (docs/architecture.md, sections 6.1 and 6.3),
+checkpoints, the loop.
 
     from taptr.training import TrainConfig, Trainer
     Trainer(TrainConfig(preset="small", steps=1000, out="runs/try")).run()

@@ -1,7 +1,7 @@
 """Exponential moving average of a model's weights.
 
 Like the official `ModelEma`, it covers every state entry (parameters and buffers); integer
-buffers are copied. Two deliberate differences (spec 6.2, section 9 items 14 and 15):
+buffers are copied. Two deliberate differences (docs/architecture.md, sections 6.3, 9.3):
 * it is updated once per optimizer step, not once per micro-batch, so the averaging horizon
   does not depend on gradient accumulation; tensors that appear under two names in the state
   dict (the official heads) are updated once, not twice;

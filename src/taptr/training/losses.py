@@ -1,4 +1,4 @@
-"""Training losses of TAPTRv2 (spec section 6.1).
+"""Training losses of TAPTRv2 (docs/architecture.md, section 6.1).
 
 * Location: L1 on (u, v) of every decoder layer's stitched positions and of every layer's APU
   positions, weight 5 each, masked by U (frames strictly after the query frame) and by the
@@ -34,6 +34,10 @@ class LossWeights:
     visibility: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # Ours (0 = the official plain L1): each point-frame's |du| + |dv| is capped at this many
+    # model units, so points a model has lost (errors beyond the cap) give no gradient and the
+    # loss rewards precision on the points it tracks (docs/training.md, "Truncated loss").
+    location_cap: float = 0.0
 
 
 def loss_part_names(num_layers: int) -> list[str]:
@@ -56,13 +60,17 @@ def tracking_mask(query_frames: torch.Tensor, num_frames: int,
     return mask
 
 
-def masked_l1(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum over the mask of |du| + |dv|, divided by (mask count + 1).
+def masked_l1(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+              cap: float = 0.0) -> torch.Tensor:
+    """sum over the mask of |du| + |dv| (capped at `cap` when > 0), divided by
+    (mask count + 1).
 
     predicted, target [..., 2]; mask [...] bool -> scalar float32. Masked-out entries may hold
     anything, NaN included.
     """
     distance = (predicted.float() - target.float()).abs().sum(dim=-1)
+    if cap > 0:
+        distance = distance.clamp(max=cap)
     distance = torch.where(mask, distance, torch.zeros_like(distance))
     return distance.sum() / (mask.sum() + 1)
 
@@ -120,8 +128,11 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor],
     location_mask = update_mask & coords.in_unit_square(tracks)
 
     parts: dict[str, torch.Tensor] = {}
-    location_terms = [masked_l1(layer, tracks, location_mask) for layer in outputs.layer_positions]
-    apu_terms = [masked_l1(layer, tracks, location_mask) for layer in outputs.layer_apu_positions]
+    cap = weights.location_cap
+    location_terms = [masked_l1(layer, tracks, location_mask, cap)
+                      for layer in outputs.layer_positions]
+    apu_terms = [masked_l1(layer, tracks, location_mask, cap)
+                 for layer in outputs.layer_apu_positions]
     visibility = visibility_focal_loss(
         outputs.layer_vis_logits[-1], visible, update_mask, weights.focal_alpha, weights.focal_gamma
     )

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (spec 6.2).
+"""Optimizer and learning-rate schedule (docs/architecture.md, section 6.3).
 
 AdamW with two parameter groups: parameters whose name contains "backbone" use the backbone
 learning rate, all others the main one; weight decay applies to every parameter (as in the

@@ -1,7 +1,7 @@
 """The training loop: `TrainConfig` and `Trainer`.
 
 One optimizer step = `grad_accum` micro-batches of `batch` clips on each of `world_size`
-processes. Per step: forward under autocast (bf16 on CUDA by default), spec-6.1 losses in
+processes. Per step: forward under autocast (bf16 on CUDA by default), the losses of docs/architecture.md, section 6.1, in
 float32, backward (DDP averages gradients across processes), gradient clipping, AdamW step,
 schedule step, EMA update. Every `log_every` steps a CSV row (and TensorBoard scalars), every
 `eval_every` steps the EMA model is scored on the fixed validation sets (`curves.py`), every `ckpt_every`
@@ -67,7 +67,7 @@ class TrainConfig:
     The defaults are our CPU recipe for the small preset (docs/training.md, measured in
     docs/training_runs/): frozen ImageNet backbone, short clips (two windows), 64 points, lr
     5e-4 with a short warmup, gradient clip 1.0, EMA 0.99, a difficulty curriculum from easy
-    to `difficulty`. The paper's recipe (spec 6.2) is `docs/training.md`'s "paper recipe":
+    to `difficulty`. The paper's recipe (docs/architecture.md, section 6.3) is `docs/training.md`'s "paper recipe":
     lr 2e-4, lr_backbone 1e-5, grad_clip 0.1, 24-frame clips, 800 points, EMA 0.9997.
     """
 
@@ -82,6 +82,9 @@ class TrainConfig:
     # Train only parameters whose name starts with one of these (e.g. 'decoder.correlation');
     # empty: all (ours, for fine-tuning a part of a model that already tracks).
     train_only: tuple[str, ...] = ()
+    # Ours: cap each point-frame's location error at this many input pixels (0: the official
+    # plain L1); lost points then give no gradient (losses.LossWeights.location_cap).
+    loss_cap_px: float = 0.0
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
     warmup_steps: int = 50
@@ -259,7 +262,8 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.amp, self.device)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.autocast_dtype == torch.float16 else None)
-        self.loss_weights = LossWeights()
+        self.loss_weights = LossWeights(
+            location_cap=config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1))
 
         self.clip_source = clip_source
         self.eval_samples = eval_samples

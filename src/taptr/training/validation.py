@@ -16,6 +16,7 @@ from torch import nn
 
 from taptr import coords
 from taptr.device import autocast
+from taptr.model_io import VISIBLE_THRESHOLD
 from taptr.evaluation.metrics import compute_tapvid_metrics
 from taptr.training.batch import make_batch
 
@@ -48,7 +49,7 @@ def score_pixels(sample, predicted_pixels: torch.Tensor,
     """TAP-Vid metrics (first mode, 256x256 metric frame) of predicted tracks of one clip.
 
     predicted_pixels: [T, N, 2] (x, y) pixels of the clip; visible_probability: [T, N]
-    (visible where > 0.5).
+    (visible where > VISIBLE_THRESHOLD, 0.5).
     """
     height, width = int(sample.video.shape[1]), int(sample.video.shape[2])
     gt_pixels = torch.as_tensor(_to_numpy(sample.tracks), dtype=torch.float32)
@@ -60,7 +61,7 @@ def score_pixels(sample, predicted_pixels: torch.Tensor,
     query_points = np.stack([query_frames, np.zeros_like(query_frames),
                              np.zeros_like(query_frames)], axis=-1)  # (t, y, x); only t is read
     gt_occluded = ~_to_numpy(sample.visible).astype(bool).T
-    pred_occluded = (_to_numpy(visible_probability.float()) <= 0.5).T
+    pred_occluded = (_to_numpy(visible_probability.float()) <= VISIBLE_THRESHOLD).T
     metrics = compute_tapvid_metrics(query_points[None], gt_occluded[None], gt_metric[None],
                                      pred_occluded[None], pred_metric[None], query_mode="first")
     return {short: float(metrics[key][0]) for short, key in METRIC_KEYS.items()}
