@@ -158,20 +158,23 @@ def _small() -> ModelConfig:
 
 
 def _tiny() -> ModelConfig:
-    """A minute model for unit tests: random weights, runs in milliseconds."""
-    return ModelConfig(
+    """A minute model for unit tests: `small` scaled down (ResNet-18 stages, 32 channels, 2
+    decoder layers, 2 sampling points, a 64x96 input, no correlation update); random weights,
+    runs in milliseconds."""
+    return _small().replace(
         name="tiny",
         backbone="resnet18",
-        backbone_stages=(1, 2, 3),
         hidden_dim=32,
-        num_heads=4,
-        num_levels=3,
-        encoder_layers=1,
         decoder_layers=2,
         encoder_points=2,
         decoder_points=2,
         ffn_dim=64,
         input_size=(64, 96),
+        correlation_stages=(),
+        correlation_radius=3,
+        correlation_patch=0,
+        correlation_pixel_radius=3,
+        initialisation="detr",
     )
 
 
