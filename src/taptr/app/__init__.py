@@ -10,13 +10,12 @@ the frame to add points (or set a grid size, optionally with a mask), press Trac
 overlay and download `tracks.csv`, `tracks.npz` and `tracks.json`. The endpoint `/track` does
 the same for programs (`gradio_client`, see `taptr.app.ui.api_track`).
 
-Modules: `core` (reading uploads, drawing queries, tracking to files; no Gradio), `ui` (the
+Modules: `settings` (defaults), `core` (reading uploads, drawing queries, tracking to files; no Gradio), `ui` (the
 Gradio page), `server` (temporary folder, launch, shutdown). Only `ui` imports Gradio (when
 `start_app` runs), so `taptr` works without the extra.
 """
 
-DEFAULT_HOST = "127.0.0.1"  # this machine only
-DEFAULT_MAX_FRAMES = 600  # longest video the page accepts (start option --max-frames)
+from taptr.app.settings import DEFAULT_HOST, DEFAULT_MAX_FRAMES
 
 __all__ = ["AppServer", "DEFAULT_HOST", "DEFAULT_MAX_FRAMES", "require_gradio", "start_app"]
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from taptr.app import DEFAULT_MAX_FRAMES
+from taptr.app.settings import DEFAULT_MAX_FRAMES
 from taptr.errors import TaptrError
 from taptr.io import open_video, parse_points, write_video
 from taptr.io.video import VideoSource

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from taptr.app import DEFAULT_HOST, DEFAULT_MAX_FRAMES
+from taptr.app.settings import DEFAULT_HOST, DEFAULT_MAX_FRAMES
 from taptr.app.core import forget_uploads
 from taptr.errors import TaptrError
 
