@@ -12,6 +12,14 @@ generated on the fly. Random weights: speed and memory do not depend on the weig
 Queries sit on frame 0 (forward pass only) or, with `--query-frame middle`, on the middle frame
 (forward pass plus the backward pass over the first half, read backwards from the file).
 Prints a Markdown table; `--json FILE` keeps the raw numbers.
+
+    python benchmarks/track_speed.py --reference f75c4b0 --threads 1
+
+runs, in one run with the same threads, the same weights on the same video under an old
+commit's code and under this tree's (the worker of this file, with the old tree's `src` first
+on the import path): `small` without our correlation update (the model both can build) at 256
+and 1024 points, `taptrv2` at 64 points, and this tree's default `small` for comparison; it
+reports frames/s, the speed-up and the largest track difference in pixels.
 """
 
 from __future__ import annotations
@@ -85,13 +93,22 @@ def run_worker(args) -> None:
     import numpy as np
     import torch
 
+    from taptr.config import ModelConfig
     from taptr.models import build_model
     from taptr.tracker import Tracker
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tracker = Tracker(build_model(args.preset), device=args.device, dtype=args.dtype)
+    if args.model:  # {"config": fields, "state": state dict}: the same model under any code
+        saved = torch.load(args.model, weights_only=False)
+        known = set(ModelConfig.__dataclass_fields__)
+        model = build_model(ModelConfig(**{k: v for k, v in saved["config"].items()
+                                           if k in known}))
+        model.load_state_dict(saved["state"])
+    else:
+        model = build_model(args.preset)
+    tracker = Tracker(model, device=args.device, dtype=args.dtype)
     cuda = tracker.device.type == "cuda"
     video = args.video if args.video else _synthetic_source(args.frames)
     query_frame = 0 if args.query_frame == "first" else args.frames // 2
@@ -115,6 +132,8 @@ def run_worker(args) -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     assert result.tracks.shape == (args.points, args.frames, 2)
+    if args.save_tracks:
+        np.save(args.save_tracks, np.asarray(result.tracks))
     print(json.dumps({
         "preset": args.preset, "frames": args.frames, "points": args.points,
         "query_frame": args.query_frame, "device": str(tracker.device),
@@ -146,10 +165,16 @@ def configurations(args) -> list[dict]:
     return configs
 
 
-def run_configuration(config: dict, args, video_folder: Path | None) -> dict:
+def run_configuration(config: dict, args, video_folder: Path | None,
+                      source_tree: Path | None = None) -> dict:
+    """One worker process; `source_tree`: run another checkout's code (its `src` first on the
+    path); config may name a saved model ("model") and a file for the tracks ("save_tracks")."""
     command = [sys.executable, __file__, "--worker", "--preset", config["preset"],
                "--frames", str(config["frames"]), "--points", str(config["points"]),
                "--query-frame", args.query_frame]
+    for key in ("model", "save_tracks"):
+        if config.get(key):
+            command += [f"--{key.replace('_', '-')}", str(config[key])]
     if args.device:
         command += ["--device", args.device]
     if args.dtype:
@@ -162,13 +187,69 @@ def run_configuration(config: dict, args, video_folder: Path | None) -> dict:
             write_video_file(path, config["frames"])
         command += ["--video", str(path)]
     environment = dict(os.environ)
-    source_folder = str(Path(__file__).resolve().parents[1] / "src")
+    tree = source_tree if source_tree is not None else Path(__file__).resolve().parents[1]
+    source_folder = str(tree / "src")
     environment["PYTHONPATH"] = source_folder + os.pathsep + environment.get("PYTHONPATH", "")
     completed = subprocess.run(command, capture_output=True, text=True, env=environment,
                                timeout=args.timeout)
     if completed.returncode != 0:
         return {**config, "error": completed.stderr.strip().splitlines()[-1:]}
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(args) -> str:
+    """The `--reference` table (module docstring)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference_code import checkout
+
+    from taptr.config import get_preset
+    from taptr.models import build_model
+
+    frames = args.frames[0]
+    same_small = get_preset("small").replace(correlation_stages=(), initialisation="detr")
+    cases = [("small (no correlation)", same_small, 256, True),
+             ("small (no correlation)", same_small, 1024, True),
+             ("taptrv2", get_preset("taptrv2"), 64, True),
+             ("small (this tree's default)", get_preset("small"), 256, False)]
+    lines = [f"tracking speed, {WIDTH}x{HEIGHT} H.264 video of {frames} frames, queries on frame "
+             f"0, {args.threads or torch.get_num_threads()} thread(s), same random weights on "
+             "both sides",
+             "| model | points | reference frames/s | this tree frames/s | speed-up | "
+             "largest track difference (px) | peak RSS ref / this (MB) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    with tempfile.TemporaryDirectory(prefix="taptr-bench-") as folder, \
+            checkout(args.reference) as old_tree:
+        folder = Path(folder)
+        for index, (name, config, points, both) in enumerate(cases):
+            torch.manual_seed(0)
+            model_file = folder / f"model{index}.pt"
+            torch.save({"config": dataclasses.asdict(config),
+                        "state": build_model(config).state_dict()}, model_file)
+            run = dict(preset=config.name, frames=frames, points=points, model=model_file)
+            new = run_configuration({**run, "save_tracks": folder / f"new{index}.npy"}, args,
+                                    folder)
+            old = (run_configuration({**run, "save_tracks": folder / f"old{index}.npy"}, args,
+                                     folder, old_tree) if both else None)
+            if "error" in new or (old is not None and "error" in old):
+                lines.append(f"| {name} | {points} | failed: {(old or {}).get('error')} "
+                             f"{new.get('error')} | | | | |")
+                continue
+            if old is None:
+                lines.append(f"| {name} | {points} | - | {new['fps']:.2f} | - | - | - / "
+                             f"{new['peak_rss_mb']:.0f} |")
+                continue
+            difference = float(np.abs(np.load(folder / f"new{index}.npy")
+                                      - np.load(folder / f"old{index}.npy")).max())
+            lines.append(f"| {name} | {points} | {old['fps']:.2f} | {new['fps']:.2f} | "
+                         f"{new['fps'] / old['fps']:.2f} | {difference:.2e} | "
+                         f"{old['peak_rss_mb']:.0f} / {new['peak_rss_mb']:.0f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -211,6 +292,10 @@ def parse_args(argv=None):
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     parser.add_argument("--video", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save-tracks", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", metavar="COMMIT",
+                        help="side by side with this commit's code (see above)")
     args = parser.parse_args(argv)
     if args.worker:
         args.frames, args.points = args.frames[0], args.points[0]
@@ -221,6 +306,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         run_worker(args)
+        return 0
+    if args.reference:
+        print(side_by_side(args))
         return 0
     try:
         import av  # noqa: F401
