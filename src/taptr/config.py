@@ -161,21 +161,11 @@ def _tiny() -> ModelConfig:
     """A minute model for unit tests: `small` scaled down (ResNet-18 stages, 32 channels, 2
     decoder layers, 2 sampling points, a 64x96 input, no correlation update); random weights,
     runs in milliseconds."""
-    return _small().replace(
-        name="tiny",
-        backbone="resnet18",
-        hidden_dim=32,
-        decoder_layers=2,
-        encoder_points=2,
-        decoder_points=2,
-        ffn_dim=64,
-        input_size=(64, 96),
-        correlation_stages=(),
-        correlation_radius=3,
-        correlation_patch=0,
-        correlation_pixel_radius=3,
-        initialisation="detr",
-    )
+    return _small().replace(name="tiny", backbone="resnet18", hidden_dim=32, ffn_dim=64,
+                            decoder_layers=2, encoder_points=2, decoder_points=2,
+                            input_size=(64, 96), correlation_stages=(), correlation_radius=3,
+                            correlation_patch=0, correlation_pixel_radius=3,
+                            initialisation="detr")
 
 
 PRESETS = {"taptrv2": _paper, "small": _small, "tiny": _tiny}

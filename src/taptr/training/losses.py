@@ -36,7 +36,7 @@ class LossWeights:
     focal_gamma: float = 2.0
     # Ours (0 = the official plain L1): each point-frame's |du| + |dv| is capped at this many
     # model units, so points a model has lost (errors beyond the cap) give no gradient and the
-    # loss rewards precision on the points it tracks (docs/training.md, "Truncated loss").
+    # loss rewards precision on the points it tracks (docs/training.md, "Fine-tuning a model that already tracks").
     location_cap: float = 0.0
 
 
