@@ -27,7 +27,8 @@ def _track(capsys, *argv):
 def test_track_writes_tracks_and_overlay(clip, tiny_weights, tmp_path, capsys):
     out = tmp_path / "result"
     code, stdout, stderr = _track(capsys, clip, "--weights", tiny_weights, "--points",
-                                  "0,10,12;6,40.5,20", "--out", out, "--json", "--trail", 4)
+                                  "0,10,12;6,40.5,20", "--out", out, "--json", "--trail", 4,
+                                  "--threads", 1)
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["overlay.mp4", "tracks.csv", "tracks.json",
                                                      "tracks.npz"]
@@ -117,6 +118,7 @@ def test_bad_inputs_are_refused_cleanly(clip, tiny_weights, tmp_path, capsys):
         ([clip, *use, "--mask", tmp_path / "m.png"], "--grid"),
         ([clip, "--weights", tmp_path / "nothing.safetensors"], "weights not found"),
         ([clip, *use, "--device", "toaster"], "unknown device"),
+        ([clip, *use, "--threads", 0], "--threads must be at least 1"),
     ]
     for argv, message in cases:
         _refused(capsys, argv, message, out)

@@ -75,6 +75,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def set_threads(count: int | None) -> None:
+    """Use `count` CPU threads for PyTorch's operators (None: leave PyTorch's choice, which is
+    every core). On a busy machine one thread can be several times faster than two
+    (docs/tracking.md). Raises `TaptrError` for a count below 1."""
+    if count is None:
+        return
+    if count < 1:
+        raise TaptrError(f"--threads must be at least 1, got {count}")
+    torch.set_num_threads(int(count))
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """'fp32', 'bf16' or 'fp16'."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))

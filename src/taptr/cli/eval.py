@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     parser.add_argument("--pad-queries", type=int, default=None, metavar="N",
                         help="pad queries to N (official TAPTR uses 800; model trackers only)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for PyTorch (default: PyTorch's choice, all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -64,6 +66,9 @@ def run(args) -> int:
     )
     from taptr.evaluation.trackers import TRACKER_NAMES, load_tracker
 
+    from taptr.device import set_threads
+
+    set_threads(args.threads)
     if args.tracker not in TRACKER_NAMES:
         raise TaptrError(
             f"unknown tracker {args.tracker!r} (expected one of {', '.join(TRACKER_NAMES)})"
