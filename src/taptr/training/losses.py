@@ -27,7 +27,10 @@ OCCLUDED_CHANNEL = 2
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms and focal-loss parameters (official values)."""
+    """Weights of the loss terms and focal-loss parameters (official values, but
+    `location_cap`): `location` weighs the L1 of every decoder layer's positions, `apu` that of
+    every layer's APU positions, `visibility` the focal loss, whose `focal_alpha` weighs
+    visible targets against occluded ones and `focal_gamma` damps easy examples."""
 
     location: float = 5.0
     apu: float = 5.0
