@@ -364,3 +364,20 @@ def test_query_array_files(tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"junk")
     with pytest.raises(TaptrError, match="cannot read"):
         read_queries(tmp_path / "junk.npy")
+
+
+def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
+    """Every writer goes through atomic_path; its files get 0666 minus the umask, whatever the
+    writer did (safetensors creates 0600 files)."""
+    import os
+    import stat
+
+    from taptr.models import build_model
+    from taptr.weights import save_weights
+
+    umask = os.umask(0o022)
+    try:
+        path = save_weights(build_model("tiny"), tmp_path / "w.safetensors")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(umask)

@@ -187,6 +187,6 @@ def run(args) -> int:
     if trainer.context.is_main:
         summary = f"step {result.step}/{config.steps}; run folder {config.out}"
         if result.last_eval:
-            summary += "; held-out " + ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items())
+            summary += "; validation " + ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items())
         print(("stopped at " if result.interrupted else "done: ") + summary)
     return 130 if result.interrupted else 0

@@ -29,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temp_path
         _flush_to_disk(temp_path)
+        _default_permissions(temp_path)
         os.replace(temp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -43,6 +44,14 @@ def _flush_to_disk(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _default_permissions(path: Path) -> None:
+    """The mode a newly created file gets (0666 minus the umask): some writers (safetensors)
+    replace our temporary file with one of mode 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _create_unique(folder: Path, target: Path) -> Path:
