@@ -27,20 +27,16 @@ OCCLUDED_CHANNEL = 2
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms and focal-loss parameters (official values, but
-    `location_cap`): `location` weighs the L1 of every decoder layer's positions, `apu` that of
-    every layer's APU positions, `visibility` the focal loss, whose `focal_alpha` weighs
-    visible targets against occluded ones and `focal_gamma` damps easy examples."""
+    """Weights of the loss terms and focal-loss parameters (official values): `location`
+    weighs the L1 of every decoder layer's positions, `apu` that of every layer's APU
+    positions, `visibility` the focal loss, whose `focal_alpha` weighs visible targets against
+    occluded ones and `focal_gamma` damps easy examples."""
 
     location: float = 5.0
     apu: float = 5.0
     visibility: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    # Ours (0 = the official plain L1): each point-frame's |du| + |dv| is capped at this many
-    # model units, so points a model has lost (errors beyond the cap) give no gradient and the
-    # loss rewards precision on the points it tracks (docs/training.md, "Fine-tuning a model that already tracks").
-    location_cap: float = 0.0
 
 
 def loss_part_names(num_layers: int) -> list[str]:
@@ -115,14 +111,18 @@ def visibility_focal_loss(logits: torch.Tensor, visible: torch.Tensor, mask: tor
     return per_entry.sum() / (mask.sum() + 1)
 
 
-def tracking_loss(outputs, batch: dict[str, torch.Tensor],
-                  weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights = LossWeights(),
+                  location_cap: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total training loss and its parts.
 
     outputs: the network's `TrackOutput` with `return_layers=True`: `layer_positions` and
     `layer_apu_positions` [L, B, T, N, 2], `layer_vis_logits` [L, B, T, N, C].
     batch: `make_batch` output (`tracks` [B, T, N, 2], `visible` [B, T, N], `query_frames`
     [B, N], `valid` [B, N]).
+    location_cap (ours; 0 = the official plain L1): each point-frame's |du| + |dv| is capped at
+    this many model units, so points the model has lost give no gradient and the loss rewards
+    precision on the ones it tracks (docs/training.md, "Fine-tuning a model that already
+    tracks").
     Returns (total, parts): total is a scalar with gradient; parts holds detached unweighted
     scalars named by `loss_part_names` (`loc`/`apu` are the sums over layers).
     """
@@ -131,7 +131,7 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor],
     location_mask = update_mask & coords.in_unit_square(tracks)
 
     parts: dict[str, torch.Tensor] = {}
-    cap = weights.location_cap
+    cap = location_cap
     location_terms = [masked_l1(layer, tracks, location_mask, cap)
                       for layer in outputs.layer_positions]
     apu_terms = [masked_l1(layer, tracks, location_mask, cap)

@@ -83,7 +83,7 @@ class TrainConfig:
     # empty: all (ours, for fine-tuning a part of a model that already tracks).
     train_only: tuple[str, ...] = ()
     # Ours: cap each point-frame's location error at this many input pixels (0: the official
-    # plain L1); lost points then give no gradient (losses.LossWeights.location_cap).
+    # plain L1); lost points then give no gradient (`tracking_loss`'s location_cap).
     loss_cap_px: float = 0.0
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
@@ -262,8 +262,8 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.amp, self.device)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.autocast_dtype == torch.float16 else None)
-        self.loss_weights = LossWeights(
-            location_cap=config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1))
+        self.loss_weights = LossWeights()
+        self.location_cap = config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1)
 
         self.clip_source = clip_source
         self.eval_samples = eval_samples
@@ -488,7 +488,7 @@ class Trainer:
             with autocast(self.device, self.autocast_dtype):
                 output = self.ddp_model(batch["video"], batch["query_points"],
                                         batch["query_frames"], return_layers=True)
-            loss, parts = tracking_loss(output, batch, self.loss_weights)
+            loss, parts = tracking_loss(output, batch, self.loss_weights, self.location_cap)
             scaled = loss / self.config.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         sums["loss"] = sums.get("loss", 0.0) + loss.detach()
