@@ -10,6 +10,7 @@ any resolution and aspect ratio; docs/conventions.md).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -122,16 +123,9 @@ class ModelIO:
                     yield converted
 
     def _batches(self, frames: Iterable[torch.Tensor], on_frames) -> Iterator[torch.Tensor]:
-        stride = self.config.window_stride
-        batch: list[torch.Tensor] = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == stride:
-                yield self.model_input(batch)
-                if on_frames is not None:
-                    on_frames(len(batch))
-                batch = []
-        if batch:
+        """Model inputs of `window_stride` consecutive frames (the last batch may be shorter)."""
+        frames = iter(frames)
+        while batch := list(itertools.islice(frames, self.config.window_stride)):
             yield self.model_input(batch)
             if on_frames is not None:
                 on_frames(len(batch))

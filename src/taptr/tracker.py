@@ -134,8 +134,8 @@ class Tracker:
         points = np.arange(num_points)
         tracks[points, query_frames] = queries[:, 1:]
         visibility[points, query_frames] = 1.0
-        return TrackResult(tracks.astype(np.float32), visibility > self.io.visible_threshold, visibility,
-                           queries, source.size, source.fps, backward, source)
+        return TrackResult(tracks.astype(np.float32), visibility > self.io.visible_threshold,
+                           visibility, queries, source.size, source.fps, backward, source)
 
     def _forward(self, source, queries, tracks, visibility, bar, **options) -> None:
         """Frames from the earliest query frame on; fills each point from its query frame."""

@@ -42,8 +42,8 @@ def open_upload(path, max_frames: int | None = DEFAULT_MAX_FRAMES) -> VideoSourc
         raise TaptrError("no video: upload one, or press \"Use the demo clip\"")
     source = _open_cached(str(path))
     if max_frames is not None and source.num_frames > max_frames:
-        raise TaptrError(f"the video has {count(source.num_frames, 'frame')}; this app tracks at most "
-                         f"{max_frames} (cut the video, or start the app with --max-frames "
+        raise TaptrError(f"the video has {count(source.num_frames, 'frame')}; this app tracks "
+                         f"at most {max_frames} (cut the video, or start the app with --max-frames "
                          f"{source.num_frames})")
     return source
 
@@ -152,8 +152,8 @@ class TrackRequest:
     grid_frame: int = 0
     mask: object = None
     backward: bool = True
-    trail: int = 12
-    occluded: str = "hollow"
+    trail: int = OverlayStyle.trail
+    occluded: str = OverlayStyle.occluded
 
 
 @dataclass

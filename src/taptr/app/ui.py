@@ -26,7 +26,7 @@ from gradio.themes.utils import fonts
 
 from taptr.app import core
 from taptr.errors import TaptrError
-from taptr.viz import OCCLUDED_STYLES
+from taptr.viz import OCCLUDED_STYLES, OverlayStyle
 from taptr.text import count
 
 logger = logging.getLogger(__name__)
@@ -221,9 +221,9 @@ def build_app(tracker, work_dir: Path, max_frames: int | None = core.DEFAULT_MAX
             with gr.Row():
                 backward = gr.Checkbox(True, label="Track backward (frames before each query "
                                                    "frame)", elem_id="taptr-backward")
-                trail = gr.Slider(-1, 100, value=12, step=1, elem_id="taptr-trail",
+                trail = gr.Slider(-1, 100, value=OverlayStyle.trail, step=1, elem_id="taptr-trail",
                                   label="Trail length in frames (0 none, -1 all)")
-                occluded = gr.Radio(list(OCCLUDED_STYLES), value="hollow",
+                occluded = gr.Radio(list(OCCLUDED_STYLES), value=OverlayStyle.occluded,
                                     label="Occluded points", elem_id="taptr-occluded")
         track = gr.Button("Track", variant="primary", elem_id="taptr-track")
         with gr.Row():

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import torch
 
 from taptr.models.common import inverse_sigmoid
+from taptr.models.deformable_attention import LevelLayout
 from taptr.text import count
 
 
@@ -99,7 +100,7 @@ class WindowBatch:
     states: list[FrameState]
     memory: list[torch.Tensor]
     correlation_maps: list[list[torch.Tensor]]
-    layout: object
+    layout: LevelLayout
     query_frames: torch.Tensor
     initial_content: torch.Tensor
     templates: list[torch.Tensor]
@@ -221,7 +222,8 @@ class TrackStream:
     def push(self, frames: torch.Tensor) -> TrackChunk | None:
         """Add frames [B, t, 3, H, W] (normalised model input); returns newly final frames."""
         if frames.shape[0] != self.batch:
-            raise ValueError(f"expected a batch of {count(self.batch, 'video')}, got {frames.shape[0]}")
+            raise ValueError(f"expected a batch of {count(self.batch, 'video')}, "
+                             f"got {frames.shape[0]}")
         if self.num_frames is not None and self.received + frames.shape[1] > self.num_frames:
             raise ValueError("more frames pushed than num_frames")
         frames = frames.to(self.device, self.dtype)

@@ -1,12 +1,13 @@
 """The training loop: `TrainConfig` and `Trainer`.
 
 One optimizer step = `grad_accum` micro-batches of `batch` clips on each of `world_size`
-processes. Per step: forward under autocast (bf16 on CUDA by default), the losses of docs/architecture.md, section 6.1, in
-float32, backward (DDP averages gradients across processes), gradient clipping, AdamW step,
-schedule step, EMA update. Every `log_every` steps a CSV row (and TensorBoard scalars), every
-`eval_every` steps the EMA model is scored on the fixed validation sets (`curves.py`), every `ckpt_every`
-steps `last.pt` is written for exact resume, every `export_every` steps (and at the end) the EMA
-weights are exported as safetensors.
+processes. Per step: forward under autocast (bf16 on CUDA by default), the losses of
+docs/architecture.md (section 6.1) in float32, backward (DDP averages gradients across
+processes), gradient clipping, AdamW step, schedule step, EMA update. Every `log_every` steps
+a CSV row (and TensorBoard scalars), every `eval_every` steps the EMA model is scored on the
+fixed validation sets (`curves.py`), every `ckpt_every` steps `last.pt` is written for exact
+resume, every `export_every` steps (and at the end) the EMA weights are exported as
+safetensors.
 
 A run stops at `steps`, at `until_step`, or once `max_minutes` of wall time have passed in this
 session, always with a checkpoint and an EMA export.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import random
 import time
@@ -29,27 +31,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import logging
-
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from taptr.config import ModelConfig, dataclass_from_dict, get_preset
+from taptr.data.seeding import derive_seed
 from taptr.device import autocast, resolve_precision
 from taptr.distributed import DistributedContext
-from taptr.models.state_dict import load_state_strict
 from taptr.errors import TaptrError
+from taptr.models.state_dict import load_state_strict
+from taptr.text import count
 from taptr.training import checkpoint as ckpt
-from taptr.data.seeding import derive_seed
 from taptr.training.data import batch_stream
 from taptr.training.ema import ModelEma
 from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
 from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
 from taptr.training.run_log import CsvLog, TensorBoardLog
 from taptr.training.validation import METRIC_KEYS, evaluate_samples
-from taptr.text import count
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class TrainConfig:
     The defaults are our CPU recipe for the small preset (docs/training.md, measured in
     docs/training_runs/): frozen ImageNet backbone, short clips (two windows), 64 points, lr
     5e-4 with a short warmup, gradient clip 1.0, EMA 0.99, a difficulty curriculum from easy
-    to `difficulty`. The paper's recipe (docs/architecture.md, section 6.3) is `docs/training.md`'s "paper recipe":
+    to `difficulty`. The paper's recipe (docs/architecture.md, section 6.3) is
+    `docs/training.md`'s "paper recipe":
     lr 2e-4, lr_backbone 1e-5, grad_clip 0.1, 24-frame clips, 800 points, EMA 0.9997.
     """
 
@@ -247,8 +248,9 @@ class Trainer:
             from taptr.training.pretrained import load_backbone_weights
 
             report = load_backbone_weights(self.model, config.init_backbone)
-            self._print(f"backbone initialised from {config.init_backbone}: "
-                        f"{count(len(report['loaded']), 'entry', 'entries')}, {len(report['skipped'])} skipped")
+            loaded = count(len(report["loaded"]), "entry", "entries")
+            self._print(f"backbone initialised from {config.init_backbone}: {loaded}, "
+                        f"{len(report['skipped'])} skipped")
         self._freeze(config)
         self.model.to(self.device).train()
         self.ddp_model = self._wrap_distributed(self.model)
@@ -286,11 +288,11 @@ class Trainer:
         for every parameter outside `train_only` when it is given."""
         matched = set()
         for name, parameter in self.model.named_parameters():
-            outside = config.train_only and not any(name.startswith(prefix)
-                                                     for prefix in config.train_only)
+            prefixes = {prefix for prefix in config.train_only if name.startswith(prefix)}
+            matched |= prefixes
+            outside = bool(config.train_only) and not prefixes
             if (config.lr_backbone == 0 and "backbone" in name) or outside:
                 parameter.requires_grad_(False)
-            matched |= {prefix for prefix in config.train_only if name.startswith(prefix)}
         unmatched = sorted(set(config.train_only) - matched)
         if unmatched:
             raise TaptrError(f"train_only: no parameter name starts with {unmatched}")
