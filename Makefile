@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 $(BIN)/taptr: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet -e ".[dev,demo,app]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,demo,app,onnx]"
 	touch $(BIN)/taptr
 
 setup: $(BIN)/taptr

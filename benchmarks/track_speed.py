@@ -19,7 +19,11 @@ runs, in one run with the same threads, the same weights on the same video under
 commit's code and under this tree's (the worker of this file, with the old tree's `src` first
 on the import path): `small` without our correlation update (the model both can build) at 256
 and 1024 points, `taptrv2` at 64 points, and this tree's default `small` for comparison; it
-reports frames/s, the speed-up and the largest track difference in pixels.
+reports frames/s, the speed-up and the largest track difference in pixels. With onnxruntime
+installed (`taptr[onnx]`) every model also runs on this tree's onnxruntime backend (exported
+once per model into a temporary cache, outside the timing); those rows compare its speed with
+the reference (or with this tree's pytorch backend when the reference cannot build the model)
+and its tracks with this tree's pytorch backend.
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ def run_worker(args) -> None:
         model.load_state_dict(saved["state"])
     else:
         model = build_model(args.preset)
-    tracker = Tracker(model, device=args.device, dtype=args.dtype)
+    options = {"backend": args.backend} if args.backend else {}  # older trees: no backends
+    tracker = Tracker(model, device=args.device, dtype=args.dtype, **options)
     cuda = tracker.device.type == "cuda"
     video = args.video if args.video else _synthetic_source(args.frames)
     query_frame = 0 if args.query_frame == "first" else args.frames // 2
@@ -137,7 +142,7 @@ def run_worker(args) -> None:
     print(json.dumps({
         "preset": args.preset, "frames": args.frames, "points": args.points,
         "query_frame": args.query_frame, "device": str(tracker.device),
-        "dtype": args.dtype or "fp32", "source": "file" if args.video else "synthetic",
+        "dtype": args.dtype or "fp32", "backend": args.backend or "pytorch", "source": "file" if args.video else "synthetic",
         "seconds": seconds, "fps": args.frames / seconds,
         "peak_rss_mb": _peak_rss_mb(), "rss_after_warmup_mb": rss_before,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
@@ -172,7 +177,7 @@ def run_configuration(config: dict, args, video_folder: Path | None,
     command = [sys.executable, __file__, "--worker", "--preset", config["preset"],
                "--frames", str(config["frames"]), "--points", str(config["points"]),
                "--query-frame", args.query_frame]
-    for key in ("model", "save_tracks"):
+    for key in ("model", "save_tracks", "backend"):
         if config.get(key):
             command += [f"--{key.replace('_', '-')}", str(config[key])]
     if args.device:
@@ -216,15 +221,24 @@ def side_by_side(args) -> str:
              ("small (no correlation)", same_small, 1024, True),
              ("taptrv2", get_preset("taptrv2"), 64, True),
              ("small (this tree's default)", get_preset("small"), 256, False)]
+    if args.cases:
+        cases = [case for case in cases if any(word in case[0] for word in args.cases)]
     lines = [f"tracking speed, {WIDTH}x{HEIGHT} H.264 video of {frames} frames, queries on frame "
              f"0, {args.threads or torch.get_num_threads()} thread(s), same random weights on "
              "both sides",
              "| model | points | reference frames/s | this tree frames/s | speed-up | "
              "largest track difference (px) | peak RSS ref / this (MB) |",
              "|---|---:|---:|---:|---:|---:|---|"]
+    try:
+        import onnxruntime  # noqa: F401
+
+        onnx_available = True
+    except ImportError:
+        onnx_available = False
     with tempfile.TemporaryDirectory(prefix="taptr-bench-") as folder, \
             checkout(args.reference) as old_tree:
         folder = Path(folder)
+        os.environ["TAPTR_CACHE"] = str(folder / "cache")  # ONNX exports of these models
         for index, (name, config, points, both) in enumerate(cases):
             torch.manual_seed(0)
             model_file = folder / f"model{index}.pt"
@@ -239,6 +253,24 @@ def side_by_side(args) -> str:
                 lines.append(f"| {name} | {points} | failed: {(old or {}).get('error')} "
                              f"{new.get('error')} | | | | |")
                 continue
+            if onnx_available:
+                onnx = run_configuration({**run, "backend": "onnxruntime",
+                                          "save_tracks": folder / f"onnx{index}.npy"}, args,
+                                         folder)
+                if "error" in onnx:
+                    lines.append(f"| {name}, onnxruntime | {points} | failed: {onnx['error']} "
+                                 "| | | | |")
+                else:
+                    onnx_difference = float(np.abs(np.load(folder / f"onnx{index}.npy")
+                                                   - np.load(folder / f"new{index}.npy")).max())
+                    baseline = old if old is not None else new
+                    lines.append(
+                        f"| {name}, onnxruntime | {points} | "
+                        f"{old['fps'] if old is not None else float('nan'):.2f} | "
+                        f"{onnx['fps']:.2f} | {onnx['fps'] / baseline['fps']:.2f}"
+                        f"{'' if old is not None else ' (of pytorch)'} | {onnx_difference:.2e} "
+                        f"(vs pytorch) | - / {onnx['peak_rss_mb']:.0f} |")
+                    print(lines[-1], file=sys.stderr, flush=True)
             if old is None:
                 lines.append(f"| {name} | {points} | - | {new['fps']:.2f} | - | - | - / "
                              f"{new['peak_rss_mb']:.0f} |")
@@ -294,6 +326,11 @@ def parse_args(argv=None):
     parser.add_argument("--video", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-tracks", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cases", nargs="+", default=None, metavar="WORD",
+                        help="with --reference: only the models whose name contains a WORD")
+    parser.add_argument("--backend", default=None, choices=("pytorch", "onnxruntime"),
+                        help="tracker backend of this tree (default pytorch); the --reference "
+                             "table adds onnxruntime rows when onnxruntime is installed")
     parser.add_argument("--reference", metavar="COMMIT",
                         help="side by side with this commit's code (see above)")
     args = parser.parse_args(argv)

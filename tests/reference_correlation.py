@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from taptr.models.correlation import sample_map, window_offsets
+from taptr.models.correlation import PATCH_MIN_NORM, sample_map, window_offsets
 
 
 def patch_descriptors(image: torch.Tensor, locations: torch.Tensor,
@@ -19,4 +19,4 @@ def patch_descriptors(image: torch.Tensor, locations: torch.Tensor,
     spots = (locations[:, :, :, None, :] + taps).flatten(2, 3)  # [Nb, Q, K*P, 2]
     patches = sample_map(image, spots).reshape(batch, queries, count, -1, image.shape[1])
     patches = patches.transpose(-1, -2).flatten(-2)
-    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
+    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1, eps=PATCH_MIN_NORM)

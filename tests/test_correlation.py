@@ -87,8 +87,10 @@ def test_the_paper_preset_has_no_additions():
     assert not any("correlation" in name for name in tiny.state_dict())
 
 
-def test_stream_with_correlation_equals_offline():
-    config = get_preset("tiny").replace(correlation_stages=(2, 1), initialisation="tracking")
+@pytest.mark.parametrize("template_update", [0.0, 0.25])
+def test_stream_with_correlation_equals_offline(template_update):
+    config = get_preset("tiny").replace(correlation_stages=(2, 1), initialisation="tracking",
+                                        correlation_template_update=template_update)
     torch.manual_seed(3)
     model = build_model(config).eval()
     with torch.no_grad():  # a soft softmax: on noise video, sharp ones turn rounding into ties
@@ -228,6 +230,58 @@ def test_window_ncc_equals_the_dot_products_of_materialised_patches():
     patches = window_patch_descriptors(image, anchors, 3, 2)
     expected = (patches * template[:, :, None]).sum(-1)
     assert torch.allclose(window_ncc(image, anchors, template, 3, 2), expected, atol=1e-5)
+    by_shifts = window_ncc(image, anchors, template, 3, 2, by_shifts=True)
+    assert torch.allclose(by_shifts, expected, atol=1e-5)
+
+
+def test_templates_refresh_only_where_a_point_is_updated_and_visible():
+    from taptr.models.windows import FrameState
+
+    config = get_preset("tiny").replace(correlation_stages=(1,), correlation_patch=2,
+                                        initialisation="tracking",
+                                        correlation_template_update=0.25)
+    model = build_model(config).eval()
+    generator = torch.Generator().manual_seed(8)
+    frame = torch.randn(1, 3, *config.input_size, generator=generator)
+    with torch.no_grad():
+        maps = model.encode(frame).correlation_maps
+        first_points = torch.rand(1, 4, 2, generator=generator) * 0.6 + 0.2
+        now = torch.rand(1, 4, 2, generator=generator) * 0.6 + 0.2
+        initial = model.correlation_templates(maps, first_points)
+        current = [t.flip(1) for t in initial]  # some earlier refresh
+        logits = torch.cat((torch.logit(now), torch.zeros_like(now)), -1)
+        vis = torch.zeros(config.decoder_layers, 1, 4, 3)
+        vis[-1, 0, :, 1] = torch.tensor([3.0, -3.0, 3.0, 3.0])  # point 1 is occluded
+        tail = FrameState(logits[None].expand(config.decoder_layers, -1, -1, -1),
+                          logits[None].expand(config.decoder_layers, -1, -1, -1), vis,
+                          torch.zeros(1, 4, config.hidden_dim))
+        updated = torch.tensor([[True, True, False, True]])  # point 2 starts later
+        refreshed = model.refresh_templates(current, initial, maps, tail, updated)
+        recent = model.correlation_templates(maps, now)
+    for level, (new, old, first, seen) in enumerate(zip(refreshed, current, initial, recent)):
+        expected = F.normalize(0.75 * first + 0.25 * seen, dim=-1)
+        assert torch.allclose(new[0, [0, 3]], expected[0, [0, 3]], atol=1e-5), level
+        assert torch.equal(new[0, [1, 2]], old[0, [1, 2]]), level
+
+
+def test_flat_patches_correlate_zero_not_plus_or_minus_one():
+    """Outside the image the padding is constant: those patches have no texture, so their NCC
+    is 0. (Before PATCH_MIN_NORM, rounding residues divided by a 1e-12 norm gave +-1 there,
+    and points near the border jumped outside.)"""
+    from taptr.models.correlation import window_ncc, window_patch_descriptors
+
+    generator = torch.Generator().manual_seed(6)
+    image = torch.randn(1, 3, 64, 64, generator=generator) + 1.7
+    template = window_patch_descriptors(image, torch.tensor([[[0.3, 0.5]]]), 0, 4)[:, :, 0]
+    border = window_ncc(image, torch.tensor([[[0.99, 0.5]]]), template, 10, 4).view(21, 21)
+    # Offsets dx >= 6 put the whole patch right of the image (x > 63.5): in the zero padding.
+    assert border[:, 16:].abs().max() < 1e-2
+    flat_image = torch.full_like(image, 0.9)
+    inside_flat = window_ncc(flat_image, torch.tensor([[[0.5, 0.5]]]), template, 10, 4)
+    assert inside_flat.abs().max() < 1e-3  # every patch lies in a flat area
+    flat_template = window_patch_descriptors(flat_image, torch.tensor([[[0.5, 0.5]]]), 0,
+                                             4)[:, :, 0]
+    assert flat_template.norm() < 1e-3  # a flat query patch is no template
 
 
 def test_every_correlation_level_gets_a_gradient_from_the_final_position():

@@ -70,6 +70,10 @@ class ModelConfig:
     # p > 0 adds a last correlation level on the input image: NCC of (2p+1)^2 RGB patches.
     correlation_patch: int = 0
     correlation_pixel_radius: int = 3  # search radius of that level, in input pixels
+    # Weight w of a point's recent appearance in its correlation templates: after each window,
+    # where the point is visible, template = normalise((1 - w) initial + w recent), the recent
+    # one read at its position in the window's last frame (0: the query frame's template only).
+    correlation_template_update: float = 0.0
     # "detr": the official initialisation; "tracking": ours, under which the untrained model
     # already tracks (taptr.models.init_tracking).
     initialisation: str = "detr"
@@ -91,6 +95,8 @@ class ModelConfig:
             raise TaptrError("correlation_stages must be backbone stages 0..3")
         if self.correlation_patch < 0:
             raise TaptrError("correlation_patch must not be negative")
+        if not 0.0 <= self.correlation_template_update <= 1.0:
+            raise TaptrError("correlation_template_update must be in [0, 1]")
         if self.correlation_radius < 1 or self.correlation_pixel_radius < 1:
             raise TaptrError("correlation_radius and correlation_pixel_radius must be at least 1")
         if self.initialisation not in ("detr", "tracking"):
@@ -153,6 +159,7 @@ def _small() -> ModelConfig:
         correlation_radius=5,
         correlation_patch=4,
         correlation_pixel_radius=10,
+        correlation_template_update=0.25,
         initialisation="tracking",
     )
 
@@ -165,6 +172,7 @@ def _tiny() -> ModelConfig:
                             decoder_layers=2, encoder_points=2, decoder_points=2,
                             input_size=(64, 96), correlation_stages=(), correlation_radius=3,
                             correlation_patch=0, correlation_pixel_radius=3,
+                            correlation_template_update=0.0,
                             initialisation="detr")
 
 

@@ -41,7 +41,14 @@ PADDING_RESTART_FRAMES = 12
 
 def load_model(name_or_path=None):
     """A model from bundled weights (None = default, or a name), a `.safetensors` file of ours,
-    or an official checkpoint (`.pth`/`.pt`, e.g. `taptrv2.pth`)."""
+    an official checkpoint (`.pth`/`.pt`, e.g. `taptrv2.pth`), or a folder written by
+    `taptr export --format onnx` (an `OnnxTAPTRv2`)."""
+    from taptr.export.manifest import is_onnx_export
+
+    if is_onnx_export(name_or_path):
+        from taptr.export.onnx_runtime import OnnxTAPTRv2
+
+        return OnnxTAPTRv2(name_or_path)
     if name_or_path is not None and Path(name_or_path).suffix.lower() in (".pth", ".pt"):
         if not Path(name_or_path).is_file():
             raise TaptrError(f"no such checkpoint: {str(name_or_path)!r}")
@@ -56,21 +63,40 @@ def load_model(name_or_path=None):
 class Tracker:
     """Tracks points with a TAPTRv2 model on CPU or GPU.
 
-    model: a `taptr.models.TAPTRv2` (or anything with its `config` and `stream`).
+    model: a `taptr.models.TAPTRv2`, or an exported `taptr.export.OnnxTAPTRv2`.
     device: None = CUDA when available, else CPU. dtype: None/"fp32", or "bf16"/"fp16" to run
-    under autocast (bf16 also works on CPU). Raises `TaptrError` for an unknown or unavailable
-    device or dtype. Feeding and reading the model (frames, points, precision) is `self.io`, a
-    `taptr.model_io.ModelIO`, shared with the online tracker.
+    under autocast (bf16 also works on CPU).
+    backend: "pytorch" (default for a network) or "onnxruntime" (CPU, fp32; a network is
+    exported once into taptr's cache, `taptr.backends`); None picks by the model given.
+    Raises `TaptrError` for an unknown or unavailable device, dtype or backend. Feeding and
+    reading the model (frames, points, precision) is `self.io`, a `taptr.model_io.ModelIO`,
+    shared with the online tracker.
     """
 
-    def __init__(self, model, device=None, dtype=None):
-        self.io = ModelIO(model, device, dtype)
+    def __init__(self, model, device=None, dtype=None, backend: str | None = None):
+        from taptr.backends import as_backend, resolve_backend
+        from taptr.export.onnx_runtime import OnnxTAPTRv2
+
+        if backend is None:
+            backend = "onnxruntime" if isinstance(model, OnnxTAPTRv2) else "pytorch"
+        backend = resolve_backend(backend)
+        if backend == "onnxruntime":
+            if dtype not in (None, "fp32", torch.float32):
+                raise TaptrError(f"the onnxruntime backend runs in fp32 only, not {dtype}")
+            device = "cpu" if device is None else device
+        self.backend = backend
+        self.io = ModelIO(as_backend(model, backend), device, dtype)
 
     @classmethod
-    def from_pretrained(cls, name_or_path=None, device=None, dtype=None) -> "Tracker":
-        """Load bundled weights by name (None = default), our `.safetensors` file, or an
-        official `.pth` checkpoint."""
-        return cls(load_model(name_or_path), device, dtype)
+    def from_pretrained(cls, name_or_path=None, device=None, dtype=None,
+                        backend: str | None = None) -> "Tracker":
+        """Load bundled weights by name (None = default), our `.safetensors` file, an official
+        `.pth` checkpoint, or a folder written by `taptr export` (backend None: onnxruntime
+        for such a folder, pytorch otherwise)."""
+        from taptr.backends import resolve_backend
+
+        backend = resolve_backend(backend, name_or_path)
+        return cls(load_model(name_or_path), device, dtype, backend)
 
     @property
     def model(self):
@@ -93,7 +119,7 @@ class Tracker:
     def __repr__(self) -> str:
         height, width = self.input_size
         return (f"Tracker({self.config.name}, input {width}x{height}, {self.device}, "
-                f"{self.io.precision})")
+                f"{self.io.precision}, {self.backend})")
 
     # ------------------------------------------------------------------ offline tracking
     def track(self, video, queries=None, grid=None, grid_frame: int = 0, mask=None,

@@ -15,7 +15,7 @@ import sys
 
 from taptr.errors import TaptrError
 
-SUBCOMMANDS = ("track", "eval", "train", "demo", "app", "convert", "textures")
+SUBCOMMANDS = ("track", "eval", "train", "demo", "app", "convert", "export", "textures")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
     taptr track clip.mp4 --grid 10
     taptr track clip.mp4 --points "0,120,80;25,300,200" --out results/
     taptr track frames_dir/ --queries queries.csv --weights taptrv2.pth --device cuda
+    taptr track clip.mp4 --backend onnxruntime     # ONNX Runtime (pip install 'taptr[onnx]')
 
 Queries are (t, x, y): frame index, then pixel x, y of the original video (centre of the
 top-left pixel = (0, 0)). Without --points/--queries a 10x10 grid on frame 0 is tracked.
@@ -20,6 +21,8 @@ from taptr.errors import TaptrError
 
 
 def register(subparsers) -> None:
+    from taptr.backends import BACKENDS
+
     parser = subparsers.add_parser(
         "track", help="track points through a video (writes tracks and an overlay video)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,8 +39,11 @@ def register(subparsers) -> None:
                         help="frame of the grid points (default 0)")
     parser.add_argument("--mask", metavar="IMG", help="keep only grid points inside this mask")
     parser.add_argument("--weights", default=None, metavar="NAME|PATH",
-                        help="bundled weights name, our .safetensors, or official .pth "
-                             "(default: the bundled default weights)")
+                        help="bundled weights name, our .safetensors, official .pth, or a "
+                             "folder from `taptr export` (default: the bundled default weights)")
+    parser.add_argument("--backend", default=None, choices=BACKENDS,
+                        help="pytorch (default) or onnxruntime (CPU, fp32; needs the extra "
+                             "taptr[onnx]; default for a folder from `taptr export`)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default: ./taptr_out/<video name>)")
     parser.add_argument("--device", default=None,
@@ -93,7 +99,8 @@ def run(args) -> int:
     out_dir = Path(args.out) if args.out else Path("taptr_out") / _stem(args.video)
     check_can_create_folder(out_dir)
 
-    tracker = Tracker.from_pretrained(args.weights, device=args.device, dtype=args.dtype)
+    tracker = Tracker.from_pretrained(args.weights, device=args.device, dtype=args.dtype,
+                                      backend=args.backend)
     started = time.perf_counter()
     result = tracker.track(video, queries=queries, backward=not args.no_backward,
                            point_chunk=args.point_chunk or None,
@@ -112,7 +119,7 @@ def run(args) -> int:
     print(f"tracked {count(result.num_points, 'point')} through "
           f"{count(result.num_frames, 'frame')} "
           f"({width}x{height}) in {seconds:.1f} s: {result.num_frames / seconds:.1f} frames/s "
-          f"on {tracker.device}")
+          f"on {tracker.device} ({tracker.backend})")
     print(f"wrote {', '.join(str(out_dir / name) for name in written)}")
     return 0
 

@@ -41,6 +41,12 @@ FEATURE_PRIOR = 3.0
 # occluded, which also takes lost tracks out of the Jaccard's false positives.
 PEAK_GAIN = 10.0
 PEAK_THRESHOLD = 0.5
+# Smallest norm of a zero-mean patch (input-image units, ImageNet-normalised) that NCC treats as
+# texture: below it a patch is flat and correlates 0 with everything. Without a floor, flat
+# patches (outside the image, where padding is constant) got NCC +-1 from rounding residues,
+# and points near the border could jump there. One grey level of texture over a 9x9 RGB
+# patch is about 0.14.
+PATCH_MIN_NORM = 1e-2
 
 
 def window_offsets(radius: int, device=None, dtype=None) -> torch.Tensor:
@@ -81,7 +87,7 @@ def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius:
     region = region.reshape(batch * queries, side, side, -1).permute(0, 3, 1, 2)
     patches = F.unfold(region, 2 * patch_radius + 1)  # [Nb*Q, 3 (2p+1)^2, (2r+1)^2]
     patches = patches.transpose(1, 2).reshape(batch, queries, (2 * radius + 1) ** 2, -1)
-    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
+    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1, eps=PATCH_MIN_NORM)
 
 
 def box_sums(values: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -92,8 +98,26 @@ def box_sums(values: torch.Tensor, kernel: int) -> torch.Tensor:
             - integral[:, kernel:, :-kernel] + integral[:, :-kernel, :-kernel])
 
 
+def correlate_by_shifts(region: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample valid correlation: region [M, C, S, S], weight [M, C, k, k] -> [M, S-k+1,
+    S-k+1], as a sum of k^2 shifted products.
+
+    The same numbers as `F.conv2d` with `groups=M` (up to float rounding), without a group
+    count that depends on the input: the form ONNX export needs (`taptr.export`).
+    """
+    kernel = weight.shape[-1]
+    out = region.shape[-1] - kernel + 1
+    total = None
+    for row in range(kernel):
+        for col in range(kernel):
+            term = (region[:, :, row:row + out, col:col + out]
+                    * weight[:, :, row, col, None, None]).sum(1)
+            total = term if total is None else total + term
+    return total
+
+
 def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,
-               radius: int, patch_radius: int) -> torch.Tensor:
+               radius: int, patch_radius: int, by_shifts: bool = False) -> torch.Tensor:
     """Normalised cross-correlation of patch templates at every offset of a window.
 
     Equals `(window_patch_descriptors(...) * templates[:, :, None]).sum(-1)` without
@@ -102,6 +126,8 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     norm comes from box sums (integral images) of the region and of its square.
     image: [Nb, 3, H, W]; anchors: [Nb, Q, 2]; templates: [Nb, Q, 3 (2p+1)^2] zero-mean,
     unit-norm, ordered (channel, row, column). returns [Nb, Q, (2r+1)^2].
+    by_shifts: the numerator by `correlate_by_shifts` instead of a grouped convolution (for
+    export; the same numbers up to rounding).
     """
     batch, queries, _ = anchors.shape
     count = batch * queries
@@ -117,12 +143,15 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     # (squares - total^2 / taps) from cancelling on low-contrast patches.
     region = region - region.mean((1, 2, 3), keepdim=True)
     weight = templates.reshape(count, channels, kernel, kernel).to(region.dtype)
-    numerator = F.conv2d(region.reshape(1, count * channels, side, side), weight,
-                         groups=count).view(count, -1)
+    if by_shifts:
+        numerator = correlate_by_shifts(region, weight).reshape(count, -1)
+    else:
+        numerator = F.conv2d(region.reshape(1, count * channels, side, side), weight,
+                             groups=count).view(count, -1)
     taps = channels * kernel * kernel
     total = box_sums(region.sum(1), kernel).view(count, -1)
     squares = box_sums(region.pow(2).sum(1), kernel).view(count, -1)
-    norm = (squares - total * total / taps).clamp(min=0).sqrt().clamp(min=1e-12)
+    norm = (squares - total * total / taps).clamp(min=0).sqrt().clamp(min=PATCH_MIN_NORM)
     return (numerator / norm).clamp(-1.0, 1.0).view(batch, queries, -1)
 
 
@@ -164,6 +193,8 @@ class LocalCorrelation(nn.Module):
     keeps its channel count. radius: r of the (2r+1)^2 search grid, in level pixels.
     pixel_patch: p > 0 adds the finest level, NCC of (2p+1)^2 patches of the input image,
     searched over a (2 pixel_radius + 1)^2 window of input pixels.
+    `ncc_by_shifts` (default False; set by ONNX export): the pixel level's NCC without a grouped
+    convolution (`correlate_by_shifts`).
     Parameters: `projections.{i}` (1x1 convs), `log_scale` (softmax sharpness per level),
     `motion_prior` (per level), `peak_gain`, `peak_threshold` (pixel-level visibility),
     `residual.{i}` (MLP: correlation -> (dx, dy) in level pixels, visibility logit).
@@ -174,6 +205,7 @@ class LocalCorrelation(nn.Module):
                  pixel_scale: float = PIXEL_SCALE, pixel_radius: int | None = None):
         super().__init__()
         self.pixel_patch = pixel_patch
+        self.ncc_by_shifts = False
         pixel_radius = radius if pixel_radius is None else pixel_radius
         self.radii = [radius] * len(stage_channels) + ([pixel_radius] if pixel_patch else [])
         self.projections = nn.ModuleList(nn.Conv2d(c, c, 1) for c in stage_channels)
@@ -234,7 +266,7 @@ class LocalCorrelation(nn.Module):
                 read = window_patch_descriptors(feature_map, points, 0, self.pixel_patch)
             else:
                 read = sample_map(feature_map, points[:, :, None])
-            templates.append(F.normalize(read[:, :, 0], dim=-1))
+            templates.append(F.normalize(read[:, :, 0], dim=-1, eps=PATCH_MIN_NORM))
         return templates
 
     def update(self, positions: torch.Tensor, maps: list[torch.Tensor],
@@ -269,7 +301,7 @@ class LocalCorrelation(nn.Module):
             distance2 = offsets.pow(2).sum(-1)  # [K]
             if self._is_pixel_level(level):  # NCC on the input image
                 correlation = window_ncc(feature_map, anchor, template, radius,
-                                         self.pixel_patch)  # [Nb, N, K]
+                                         self.pixel_patch, self.ncc_by_shifts)  # [Nb, N, K]
             else:  # cosine similarity of features
                 samples = sample_map(feature_map, anchor[:, :, None, :] + offsets / size)
                 correlation = (samples * template[:, :, None, :]).sum(-1)

@@ -15,7 +15,7 @@ from torch import nn
 
 from taptr.config import ModelConfig
 from taptr.models.backbone import build_backbone
-from taptr.models.correlation import LocalCorrelation
+from taptr.models.correlation import PATCH_MIN_NORM, LocalCorrelation
 from taptr.models.common import inverse_sigmoid
 from taptr.models.decoder import PointDecoder, WindowInputs
 from taptr.models.deformable_attention import LevelLayout
@@ -23,6 +23,8 @@ from taptr.models.encoder import Encoder
 from taptr.models.position_encoding import map_sine_encoding
 from taptr.models.windows import FrameState, TrackStream, WindowBatch
 
+# A point counts as visible where sigmoid(visibility logit) exceeds this (the official value).
+VISIBLE_PROBABILITY = 0.5
 # Elements of a temporary tensor (32-bit) the model allows itself before chunking queries.
 CHUNK_BUDGET = 1 << 25
 
@@ -64,12 +66,112 @@ class TrackOutput:
         return torch.sigmoid(self.vis_logits[..., 1])
 
 
+@dataclass
+class WindowLayers:
+    """What the layers of one window give, for every point and frame of it.
+
+    position_logits, apu_logits: [Ld, B, W, N, 4] each decoder layer's position and APU
+    position (logit space); vis_logits: [Ld, B, W, N, K]; carried: [B, W, N, C] the window
+    update of the content (added where a point is updated).
+    """
+
+    position_logits: torch.Tensor
+    apu_logits: torch.Tensor
+    vis_logits: torch.Tensor
+    carried: torch.Tensor
+
+
+class WindowArithmetic:
+    """The window loop's arithmetic (official), shared by `TAPTRv2` and the exported backend
+    (`taptr.export.onnx_backend.OnnxTAPTRv2`), which differ only in how they compute the
+    per-frame features and the window's layers.
+
+    A subclass provides `config`, `training`, `device`, `dtype`, `encode`, `query_features`,
+    `correlation_templates` and `decode_window_layers`; `TrackStream` drives the rest.
+    """
+
+    def decode_window(self, window: WindowBatch,
+                      point_chunk: int | None = None) -> list[FrameState] | None:
+        """Decode one window and carry its content over (the official window loop).
+
+        The window's frames are stacked, `decode_window_layers` runs every decoder layer over
+        them, each frame's state is replaced where a point is updated (frames after its query
+        frame), and the content of updated points gets the window update. Returns the window's
+        new `FrameState`s (oldest first), or None when no point is updated in it (nothing
+        changes).
+        """
+        frame_ids = window.frame_ids
+        query_frames = window.query_frames[:, None, :]
+        tracked = frame_ids[None, :, None] >= query_frames  # [B, W, N]
+        updated = frame_ids[None, :, None] > query_frames
+        if not bool(updated.any()):
+            return None
+        states = window.states
+        content = torch.stack([s.content for s in states], 1)  # [B, W, N, C]
+        reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
+        memory = torch.stack(window.memory, 1).flatten(0, 1)
+        inputs = WindowInputs(content, reference, memory, tracked, updated, window.layout)
+        if window.correlation_maps:
+            inputs.correlation_maps = [
+                torch.stack([maps[level] for maps in window.correlation_maps], 1).flatten(0, 1)
+                for level in range(len(window.templates))]
+            inputs.templates = window.templates
+        layers = self.decode_window_layers(inputs, window.initial_content, point_chunk)
+        write = updated[None, ..., None]  # [1, B, W, N, 1]
+        old_positions = torch.stack([s.position_logits for s in states], 2)
+        old_apu = torch.stack([s.apu_logits for s in states], 2)
+        old_vis = torch.stack([s.vis_logits for s in states], 2)
+        positions = torch.where(write, layers.position_logits, old_positions)
+        apu = torch.where(write, layers.apu_logits, old_apu)
+        vis = torch.where(write, layers.vis_logits, old_vis)
+        carried = layers.carried
+        content = content + torch.where(updated[..., None], carried, torch.zeros_like(carried))
+        return [FrameState(positions[:, :, offset], apu[:, :, offset], vis[:, :, offset],
+                           content[:, offset]) for offset in range(len(states))]
+
+    def refresh_templates(self, templates: list[torch.Tensor], initial: list[torch.Tensor],
+                          maps: list[torch.Tensor], tail: FrameState,
+                          updated: torch.Tensor) -> list[torch.Tensor]:
+        """Correlation templates after a window (ours, `config.correlation_template_update`
+        = w > 0): where a point is updated and visible in the window's last frame, its
+        templates become normalise((1 - w) initial + w recent), the recent ones read at its
+        final position in that frame (`maps`: the frame's correlation maps); elsewhere they
+        stay. templates, initial: per level [B, N, C_l]; updated: [B, N] bool.
+        """
+        weight = self.config.correlation_template_update
+        positions = torch.sigmoid(tail.position_logits[-1][..., :2])
+        visible = torch.sigmoid(tail.vis_logits[-1][..., 1]) > VISIBLE_PROBABILITY
+        refresh = (visible & updated)[..., None]
+        recent = self.correlation_templates(maps, positions)
+        return [torch.where(refresh, F.normalize((1 - weight) * first + weight * new, dim=-1,
+                                                 eps=PATCH_MIN_NORM), old)
+                for old, first, new in zip(templates, initial, recent)]
+
+    @staticmethod
+    def propagate(tail: FrameState, later: FrameState, with_content: bool = True) -> FrameState:
+        """The state of a frame after the window that ended before it (official): the window's
+        last frame's positions and visibility, and its content when `with_content` (the
+        official long-video evaluation keeps the old content in some windows)."""
+        return FrameState(tail.position_logits, tail.apu_logits, tail.vis_logits,
+                          tail.content if with_content else later.content)
+
+    def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
+               num_frames: int | None = None, point_chunk: int | None = None) -> TrackStream:
+        """A `TrackStream` for queries [B, N, 2] (model coordinates) and frames [B, N]."""
+        if point_chunk is None:
+            config = self.config
+            per_point = (config.window_size * config.hidden_dim * 2 * config.num_levels
+                         * config.decoder_points)
+            point_chunk = max(64, CHUNK_BUDGET // max(1, query_points.shape[0] * per_point))
+        return TrackStream(self, query_points, query_frames, num_frames, point_chunk)
+
+
 def _input_projection(in_channels: int, dim: int, kernel: int = 1, stride: int = 1):
     return nn.Sequential(nn.Conv2d(in_channels, dim, kernel, stride, kernel // 2),
                          nn.GroupNorm(32 if dim % 32 == 0 else 8, dim))
 
 
-class TAPTRv2(nn.Module):
+class TAPTRv2(WindowArithmetic, nn.Module):
     """TAPTRv2 (Li et al., NeurIPS 2024) as specified in the official code."""
 
     def __init__(self, config: ModelConfig):
@@ -98,6 +200,10 @@ class TAPTRv2(nn.Module):
         # Inference option (set by `optimized_for_inference`): backbone input in channels-last
         # memory format, faster convolutions on CPU.
         self.channels_last_backbone = False
+        # Encoder queries are processed in chunks of a size that depends on the frame count
+        # (bounded memory, the same results); ONNX export turns this off, since a traced graph
+        # would keep the chunk boundaries of its example.
+        self.chunk_encoder_queries = True
         for projection in self.input_proj:
             nn.init.xavier_uniform_(projection[0].weight)
             nn.init.zeros_(projection[0].bias)
@@ -142,7 +248,8 @@ class TAPTRv2(nn.Module):
         tokens = torch.cat(tokens, 1)
         token_pos = torch.cat(token_pos, 1)
         samples = self.config.num_heads * self.config.encoder_points * self.config.num_levels
-        chunk = max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
+        chunk = (max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
+                 if self.chunk_encoder_queries else None)
         return FrameFeatures(self.encoder(tokens, token_pos, layout, chunk), layout,
                              correlation_maps)
 
@@ -170,69 +277,41 @@ class TAPTRv2(nn.Module):
         return self.query_initializer(torch.cat(samples, -1))
 
     # ------------------------------------------------------------------ one window
-    def decode_window(self, window: WindowBatch,
-                      point_chunk: int | None = None) -> list[FrameState] | None:
-        """Decode one window and carry its content over (the official window loop).
+    def decode_window_layers(self, inputs: WindowInputs, initial_content: torch.Tensor,
+                             point_chunk: int | None = None) -> WindowLayers:
+        """The learned part of a window: every decoder layer (`PointDecoder`) and the window
+        update `window_updater` over (initial content, window content, last layer's fused
+        feature), with dropout `config.window_update_dropout` in training.
 
-        The window's frames are stacked, every decoder layer runs over them (`PointDecoder`),
-        each frame's state is replaced where a point is updated (frames after its query frame),
-        and the content of updated points gets the window update: `window_updater` over
-        (initial content, window content, last layer's fused feature), with dropout
-        `config.window_update_dropout` in training. Returns the window's new `FrameState`s
-        (oldest first), or None when no point is updated in it (nothing changes).
+        inputs: the window (`WindowInputs`, content [B, W, N, C]); initial_content [B, N, C].
+        Returns `WindowLayers` for every point and frame (`decode_window` keeps what applies).
         """
-        frame_ids = window.frame_ids
-        query_frames = window.query_frames[:, None, :]
-        tracked = frame_ids[None, :, None] >= query_frames  # [B, W, N]
-        updated = frame_ids[None, :, None] > query_frames
-        if not bool(updated.any()):
-            return None
-        states = window.states
-        content = torch.stack([s.content for s in states], 1)  # [B, W, N, C]
-        reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
-        memory = torch.stack(window.memory, 1).flatten(0, 1)
-        inputs = WindowInputs(content, reference, memory, tracked, updated, window.layout)
-        if window.correlation_maps:
-            inputs.correlation_maps = [
-                torch.stack([maps[level] for maps in window.correlation_maps], 1).flatten(0, 1)
-                for level in range(len(window.templates))]
-            inputs.templates = window.templates
         layers = self.decoder(inputs, point_chunk)
-        write = updated[None, ..., None]  # [1, B, W, N, 1]
-        old_positions = torch.stack([s.position_logits for s in states], 2)
-        old_apu = torch.stack([s.apu_logits for s in states], 2)
-        old_vis = torch.stack([s.vis_logits for s in states], 2)
-        positions = torch.where(write, torch.stack([o.position_logits for o in layers]),
-                                old_positions)
-        apu = torch.where(write, torch.stack([inverse_sigmoid(o.apu_positions) for o in layers]),
-                          old_apu)
-        vis = torch.where(write, torch.stack([o.vis_logits for o in layers]), old_vis)
         carried = self.window_updater(torch.cat(
-            (window.initial_content[:, None].expand_as(content), content, layers[-1].fused), -1))
+            (initial_content[:, None].expand_as(inputs.content), inputs.content,
+             layers[-1].fused), -1))
         carried = F.dropout(carried, p=self.config.window_update_dropout, training=self.training)
-        content = content + torch.where(updated[..., None], carried, torch.zeros_like(carried))
-        return [FrameState(positions[:, :, offset], apu[:, :, offset], vis[:, :, offset],
-                           content[:, offset]) for offset in range(len(states))]
+        return WindowLayers(torch.stack([o.position_logits for o in layers]),
+                            torch.stack([inverse_sigmoid(o.apu_positions) for o in layers]),
+                            torch.stack([o.vis_logits for o in layers]), carried)
 
-    @staticmethod
-    def propagate(tail: FrameState, later: FrameState, with_content: bool = True) -> FrameState:
-        """The state of a frame after the window that ended before it (official): the window's
-        last frame's positions and visibility, and its content when `with_content` (the
-        official long-video evaluation keeps the old content in some windows)."""
-        return FrameState(tail.position_logits, tail.apu_logits, tail.vis_logits,
-                          tail.content if with_content else later.content)
+    def correlation_templates(self, maps: list[torch.Tensor],
+                              points: torch.Tensor) -> list[torch.Tensor]:
+        """Correlation templates (ours) of points [B, N, 2] from one frame's correlation maps:
+        per level [B, N, C_l] (`LocalCorrelation.templates`)."""
+        return self.decoder.correlation.templates(maps, points)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are."""
+        return self.level_embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype (the stream keeps its states in it)."""
+        return self.level_embed.dtype
 
     # ------------------------------------------------------------------ tracking
-    def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
-               num_frames: int | None = None, point_chunk: int | None = None) -> TrackStream:
-        """A `TrackStream` for queries [B, N, 2] (model coordinates) and frames [B, N]."""
-        if point_chunk is None:
-            config = self.config
-            per_point = (config.window_size * config.hidden_dim * 2 * config.num_levels
-                         * config.decoder_points)
-            point_chunk = max(64, CHUNK_BUDGET // max(1, query_points.shape[0] * per_point))
-        return TrackStream(self, query_points, query_frames, num_frames, point_chunk)
-
     def forward(self, video: torch.Tensor, query_points: torch.Tensor,
                 query_frames: torch.Tensor, return_layers: bool = False,
                 point_chunk: int | None = None) -> TrackOutput:

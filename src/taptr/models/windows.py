@@ -1,10 +1,10 @@
 """The window loop of TAPTRv2 as a stream: frames in, final tracks out.
 
 This module schedules, buffers and frees; the arithmetic of a window is the model's
-(`TAPTRv2.decode_window` and `TAPTRv2.propagate`). Frames are encoded as they arrive; a window
-of `window_size` frames is decoded as soon as its frames are present (windows start every
-`window_stride` frames; the last one is aligned to the video's end, docs/architecture.md,
-"Sliding windows"). After each window its states are stored and the last frame's state is
+(`WindowArithmetic.decode_window` and `.propagate`, shared by `TAPTRv2` and the ONNX Runtime
+backend). Frames are encoded as they arrive; a window of `window_size` frames is decoded as
+soon as its frames are present (windows start every `window_stride` frames; the last one is
+aligned to the video's end, docs/architecture.md, "Sliding windows"). After each window its states are stored and the last frame's state is
 propagated to every later frame. A frame is returned once no later window can change it, and
 its features and states are freed: memory does not grow with the video's length.
 """
@@ -84,6 +84,8 @@ class _Queries:
     initialised: torch.Tensor  # [B, N] bool: content sampled from the query frame
     initial_content: torch.Tensor  # [B, N, C]
     templates: list[torch.Tensor]  # per correlation level [B, N, C_l] (ours; empty without)
+    # The query frame's templates, when templates are refreshed after each window (ours).
+    initial_templates: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -109,6 +111,9 @@ class WindowBatch:
 class TrackStream:
     """Incremental TAPTRv2 inference (and training forward) over a growing video.
 
+    model: a `TAPTRv2`, or anything with the `WindowArithmetic` interface (the ONNX Runtime
+    backend).
+
     Use `push(frames)` with frames [B, t, 3, H, W], then `finish()`. Each returns a `TrackChunk`
     (or None when no frame became final). With `num_frames` given the windows are exactly the
     official ones; without it the end-aligned last window is decided at `finish()`.
@@ -127,8 +132,7 @@ class TrackStream:
             self.content_padding_gap = num_frames // 24  # eval-only long-video quirk
         self.schedule = (window_starts(num_frames, self.window_size, self.window_stride)
                          if num_frames is not None else None)
-        parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
+        self.device, self.dtype = model.device, model.dtype
         self.batch = query_points.shape[0]
         self.received = 0
         self.emitted = 0
@@ -182,15 +186,20 @@ class TrackStream:
         self.frames = [state.extended(new_state) for state in self.frames]
         self.future = self.future.extended(new_state)
         count = query_points.shape[1]
-        templates = [torch.cat((t, t.new_zeros(self.batch, count, t.shape[-1])), 1)
-                     for t in self.queries.templates]
+
+        def padded(templates):
+            return [torch.cat((t, t.new_zeros(self.batch, count, t.shape[-1])), 1)
+                    for t in templates]
+
         self.queries = _Queries(
             torch.cat((self.queries.points, query_points), 1),
             torch.cat((self.queries.frames, query_frames), 1),
             torch.cat((self.queries.initialised,
                        torch.zeros(self.batch, count, dtype=torch.bool, device=self.device)), 1),
             torch.cat((self.queries.initial_content, new_state.content), 1),
-            templates)
+            padded(self.queries.templates),
+            padded(self.queries.initial_templates)
+            if self.queries.initial_templates is not None else None)
         for frame in sorted(self.memory):
             self._initialise_queries(frame)
 
@@ -205,12 +214,16 @@ class TrackStream:
         initial = torch.where(mask, features, self.queries.initial_content)
         self.queries.initial_content = initial
         if frame in self.correlation_maps:
-            correlation = self.model.decoder.correlation
-            read = correlation.templates(self.correlation_maps[frame], self.queries.points)
+            read = self.model.correlation_templates(self.correlation_maps[frame],
+                                                    self.queries.points)
             if not self.queries.templates:
                 self.queries.templates = [torch.zeros_like(t) for t in read]
             self.queries.templates = [torch.where(mask, new, old) for new, old
                                       in zip(read, self.queries.templates)]
+            if self.model.config.correlation_template_update > 0:
+                known = self.queries.initial_templates or [torch.zeros_like(t) for t in read]
+                self.queries.initial_templates = [torch.where(mask, new, old) for new, old
+                                                  in zip(read, known)]
         self.queries.initialised = self.queries.initialised | starting
         self.frames = [FrameState(s.position_logits, s.apu_logits, s.vis_logits,
                                   torch.where(mask, initial, s.content)) for s in self.frames]
@@ -316,6 +329,10 @@ class TrackStream:
             return
         self.frames[first:last] = states
         tail = states[-1]
+        if self.queries.initial_templates is not None and end - 1 in self.correlation_maps:
+            self.queries.templates = self.model.refresh_templates(
+                self.queries.templates, self.queries.initial_templates,
+                self.correlation_maps[end - 1], tail, self.queries.frames < end - 1)
         with_content = self.windows_run % self.content_padding_gap == 0
         for frame in range(end, self.received):
             index = self._state_index(frame)
