@@ -241,20 +241,19 @@ def test_templates_refresh_only_where_a_point_is_updated_and_visible():
                                         initialisation="tracking",
                                         correlation_template_update=0.25)
     model = build_model(config).eval()
-    generator = torch.Generator().manual_seed(8)
-    frame = torch.randn(1, 3, *config.input_size, generator=generator)
+    height, width = config.input_size
+    frame = translated_texture(1, max(height, width), (0.0, 0.0), seed=9)[:, :, :height, :width]
     with torch.no_grad():
         maps = model.encode(frame).correlation_maps
-        first_points = torch.rand(1, 4, 2, generator=generator) * 0.6 + 0.2
-        now = torch.rand(1, 4, 2, generator=generator) * 0.6 + 0.2
+        first_points = torch.tensor([[[0.3, 0.3], [0.5, 0.5], [0.7, 0.4], [0.4, 0.7]]])
+        now = first_points + torch.tensor([1.0 / width, 0.0])  # one pixel to the right
         initial = model.correlation_templates(maps, first_points)
-        current = [t.flip(1) for t in initial]  # some earlier refresh
+        current = [t.flip(1) for t in initial]  # as left by some earlier refresh
         logits = torch.cat((torch.logit(now), torch.zeros_like(now)), -1)
+        logits = logits[None].expand(config.decoder_layers, -1, -1, -1)
         vis = torch.zeros(config.decoder_layers, 1, 4, 3)
         vis[-1, 0, :, 1] = torch.tensor([3.0, -3.0, 3.0, 3.0])  # point 1 is occluded
-        tail = FrameState(logits[None].expand(config.decoder_layers, -1, -1, -1),
-                          logits[None].expand(config.decoder_layers, -1, -1, -1), vis,
-                          torch.zeros(1, 4, config.hidden_dim))
+        tail = FrameState(logits, logits, vis, torch.zeros(1, 4, config.hidden_dim))
         updated = torch.tensor([[True, True, False, True]])  # point 2 starts later
         refreshed = model.refresh_templates(current, initial, maps, tail, updated)
         recent = model.correlation_templates(maps, now)

@@ -165,10 +165,12 @@ def test_export_cli_refuses_an_export_as_input(small_export, tmp_path, capsys):
     assert not (tmp_path / "again").exists()
 
 
-def test_encoder_graph_does_not_keep_the_chunks_of_its_traced_example(monkeypatch, tmp_path):
-    """PyTorch chunks the encoder's queries by a size that depends on the frame count; a traced
-    graph with those chunk boundaries failed on other frame counts (the paper preset at
-    512x512 did). Export turns chunking off, and its check runs another frame count."""
+def test_encoder_graph_with_query_chunks_tracks_like_pytorch(monkeypatch, tmp_path):
+    """PyTorch chunks the encoder's queries (bounded memory) by a size that depends on the
+    frame count. A graph traced on two frames with several chunks failed on four (the paper
+    preset at 512x512 did); without chunks the paper preset's encoder took over 20 GB. The
+    encoder graph takes one frame, keeps the chunks, and the backend feeds it frame by
+    frame."""
     _require_onnx()
     import taptr.models.taptrv2 as taptrv2_module
     from taptr.export import export_onnx

@@ -4,7 +4,7 @@ A TrackStream asks its model for four computations (`WindowArithmetic`); each is
 
 | graph | inputs | outputs |
 |---|---|---|
-| `encoder` | frames [F, 3, H_in, W_in] normalised | memory [F, S, C], correlation maps |
+| `encoder` | frames [F, 3, H_in, W_in] normalised (exported for F = 1) | memory [F, S, C], correlation maps |
 | `query_features` | memory [B, S, C], points [B, N, 2] | initial content [B, N, C] |
 | `templates` | one frame's correlation maps, points [B, N, 2] | templates per level [B, N, C_l] |
 | `window` | a window's states, memory, maps, templates | `WindowLayers` fields |

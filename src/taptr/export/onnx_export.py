@@ -9,8 +9,10 @@ dynamo=False)`, opset 17): the window loop stays in Python (`WindowArithmetic`),
 is straight-line code. Sampling is 4-D `grid_sample` only (ONNX `GridSample`). The one change
 of arithmetic is the pixel-level NCC, which is computed by shifted products instead of a
 grouped convolution whose group count would depend on the number of points
-(`LocalCorrelation.ncc_by_shifts`; the same numbers up to float rounding). Dynamic axes: frames
-of the encoder, window length and points of the other graphs; the batch is 1.
+(`LocalCorrelation.ncc_by_shifts`; the same numbers up to float rounding). The encoder takes
+one frame (its query chunking, which bounds memory, depends on the frame count, so a traced
+graph must not see another count); the other graphs have dynamic window length and point
+count; the batch is 1.
 
 After writing, every graph is run in ONNX Runtime on inputs of other sizes than the traced
 ones and compared with PyTorch, so an export that baked a size in fails here, not later.
@@ -37,11 +39,11 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 # Window length and point count of the traced examples: sizes no other axis has, so the
 # tracer cannot confuse them with a constant.
-_TRACE_WINDOW, _TRACE_POINTS, _TRACE_FRAMES = 6, 7, 2
+_TRACE_WINDOW, _TRACE_POINTS = 6, 7
 # The check after export: inputs of these sizes; the median absolute difference from PyTorch
 # must stay below the tolerance (single points may differ more where a correlation peak is a
 # near tie that rounding decides).
-_CHECK_WINDOW, _CHECK_POINTS, _CHECK_FRAMES = 5, 11, 3
+_CHECK_WINDOW, _CHECK_POINTS, _EXAMPLE_FRAMES = 5, 11, 3
 _CHECK_MEDIAN_TOLERANCE = 1e-4
 
 
@@ -59,7 +61,6 @@ def export_onnx(model, out_dir: str | os.PathLike, check: bool = True) -> Path:
     prepared = optimized_for_inference(model).float().eval()
     prepared.backbone.to(memory_format=torch.contiguous_format)
     prepared.channels_last_backbone = False
-    prepared.chunk_encoder_queries = False
     correlation = prepared.decoder.correlation
     if correlation is not None:
         correlation.ncc_by_shifts = True
@@ -93,11 +94,11 @@ class _Examples:
         self.model = model
         generator = torch.Generator().manual_seed(0)
         height, width = model.config.input_size
-        coarse = torch.randn(_CHECK_FRAMES, 3, height // 8, width // 8, generator=generator)
+        coarse = torch.randn(_EXAMPLE_FRAMES, 3, height // 8, width // 8, generator=generator)
         self.frames = torch.nn.functional.interpolate(coarse, size=(height, width),
                                                       mode="bilinear", align_corners=False)
         with torch.no_grad():
-            features = model.encode(self.frames)
+            features = model.encode(self.frames)  # frame by frame gives the same features
         self.layout = features.layout
         self.memory = features.memory
         self.maps = features.correlation_maps or []
@@ -150,9 +151,8 @@ def _export_graphs(model, examples: _Examples, folder: Path) -> dict[str, str]:
                           do_constant_folding=True)
         graphs[name] = path.name
 
-    frames = examples.frames[:_TRACE_FRAMES]
-    export("encoder", EncoderGraph(model), (frames,), ["frames"], ["memory", *maps],
-           {name: {0: "frames"} for name in ["frames", "memory", *maps]})
+    export("encoder", EncoderGraph(model), (examples.frames[:1],), ["frames"], ["memory", *maps],
+           None)
     export("query_features", QueryFeaturesGraph(model, examples.layout),
            examples.query_inputs(_TRACE_POINTS), ["memory", "points"], ["content"],
            {"points": {1: "points"}, "content": {1: "points"}})
@@ -180,7 +180,7 @@ def _check(model, folder: Path) -> None:
     """Run the written graphs at untraced sizes and compare them with PyTorch."""
     exported = OnnxTAPTRv2(folder, threads=1)
     examples = _Examples(model)
-    cases = [("encoder", EncoderGraph(model), (examples.frames,)),
+    cases = [("encoder", EncoderGraph(model), (examples.frames[-1:],)),
              ("query_features", QueryFeaturesGraph(model, examples.layout),
               examples.query_inputs(_CHECK_POINTS))]
     if examples.levels:

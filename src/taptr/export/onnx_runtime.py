@@ -96,8 +96,12 @@ class OnnxTAPTRv2(WindowArithmetic):
         return [torch.from_numpy(output) for output in session.run(None, feed)]
 
     def encode(self, frames: torch.Tensor) -> FrameFeatures:
-        """frames [F, 3, H_in, W_in] normalised -> `FrameFeatures` (as `TAPTRv2.encode`)."""
-        memory, *maps = self.run_graph("encoder", (frames,))
+        """frames [F, 3, H_in, W_in] normalised -> `FrameFeatures` (as `TAPTRv2.encode`); the
+        encoder graph takes one frame at a time."""
+        per_frame = [self.run_graph("encoder", (frame[None],)) for frame in frames]
+        memory = torch.cat([outputs[0] for outputs in per_frame])
+        maps = [torch.cat([outputs[level] for outputs in per_frame])
+                for level in range(1, len(per_frame[0]))]
         return FrameFeatures(memory, self.layout, maps or None)
 
     def query_features(self, memory: torch.Tensor, layout: LevelLayout,

@@ -110,10 +110,9 @@ def correlate_by_shifts(region: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     total = None
     for row in range(kernel):
         for col in range(kernel):
-            term = (region[:, :, row:row + out, col:col + out]
-                    * weight[:, :, row, col, None, None]).sum(1)
+            term = region[:, :, row:row + out, col:col + out] * weight[:, :, row, col, None, None]
             total = term if total is None else total + term
-    return total
+    return total.sum(1)  # over channels, once
 
 
 def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,

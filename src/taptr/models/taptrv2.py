@@ -137,6 +137,8 @@ class WindowArithmetic:
         templates become normalise((1 - w) initial + w recent), the recent ones read at its
         final position in that frame (`maps`: the frame's correlation maps); elsewhere they
         stay. templates, initial: per level [B, N, C_l]; updated: [B, N] bool.
+        (Refreshing only points whose current patch still resembles the query's, NCC above 0.5
+        or 0.7, did not help on the validation sets or on real video: docs/correlation.md.)
         """
         weight = self.config.correlation_template_update
         positions = torch.sigmoid(tail.position_logits[-1][..., :2])
@@ -200,10 +202,6 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         # Inference option (set by `optimized_for_inference`): backbone input in channels-last
         # memory format, faster convolutions on CPU.
         self.channels_last_backbone = False
-        # Encoder queries are processed in chunks of a size that depends on the frame count
-        # (bounded memory, the same results); ONNX export turns this off, since a traced graph
-        # would keep the chunk boundaries of its example.
-        self.chunk_encoder_queries = True
         for projection in self.input_proj:
             nn.init.xavier_uniform_(projection[0].weight)
             nn.init.zeros_(projection[0].bias)
@@ -248,8 +246,7 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         tokens = torch.cat(tokens, 1)
         token_pos = torch.cat(token_pos, 1)
         samples = self.config.num_heads * self.config.encoder_points * self.config.num_levels
-        chunk = (max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
-                 if self.chunk_encoder_queries else None)
+        chunk = max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
         return FrameFeatures(self.encoder(tokens, token_pos, layout, chunk), layout,
                              correlation_maps)
 
