@@ -98,7 +98,7 @@ class _Examples:
         self.frames = torch.nn.functional.interpolate(coarse, size=(height, width),
                                                       mode="bilinear", align_corners=False)
         with torch.no_grad():
-            features = model.encode(self.frames)  # frame by frame gives the same features
+            features = model.encode(self.frames)  # as frame by frame, up to rounding
         self.layout = features.layout
         self.memory = features.memory
         self.maps = features.correlation_maps or []
