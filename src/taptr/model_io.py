@@ -21,10 +21,8 @@ from taptr.coords import model_to_pixel, pixel_to_model
 from taptr.device import autocast, precision_name, resolve_device, resolve_precision
 from taptr.models import TAPTRv2
 from taptr.models.inference import optimized_for_inference
+from taptr.models.taptrv2 import VISIBLE_THRESHOLD
 from taptr.preprocess import normalize, resize_frames
-
-# A point is reported visible when sigmoid(visibility logit) exceeds this (official value).
-VISIBLE_THRESHOLD = 0.5
 
 
 @dataclass

@@ -10,8 +10,8 @@ the frame to add points (or set a grid size, optionally with a mask), press Trac
 overlay and download `tracks.csv`, `tracks.npz` and `tracks.json`. The endpoint `/track` does
 the same for programs (`gradio_client`, see `taptr.app.ui.api_track`).
 
-Modules: `settings` (defaults), `core` (reading uploads, drawing queries, tracking to files; no Gradio), `ui` (the
-Gradio page), `server` (temporary folder, launch, shutdown). Only `ui` imports Gradio (when
+Modules: `settings` (defaults), `core` (reading uploads, drawing queries, tracking to files;
+no Gradio), `ui` (the Gradio page), `server` (temporary folder, launch, shutdown). Only `ui` imports Gradio (when
 `start_app` runs), so `taptr` works without the extra.
 """
 

@@ -56,6 +56,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from taptr.data.tapvid import TapVidSource
+    from taptr.device import set_threads
     from taptr.distributed import DistributedContext
     from taptr.evaluation.evaluate import EvalProtocol, evaluate
     from taptr.evaluation.report import (
@@ -65,8 +66,6 @@ def run(args) -> int:
         write_per_video_csv,
     )
     from taptr.evaluation.trackers import TRACKER_NAMES, load_tracker
-
-    from taptr.device import set_threads
 
     set_threads(args.threads)
     if args.tracker not in TRACKER_NAMES:

@@ -23,8 +23,9 @@ from taptr.models.encoder import Encoder
 from taptr.models.position_encoding import map_sine_encoding
 from taptr.models.windows import FrameState, TrackStream, WindowBatch
 
-# A point counts as visible where sigmoid(visibility logit) exceeds this (the official value).
-VISIBLE_PROBABILITY = 0.5
+# A point counts as visible where sigmoid(visibility logit) exceeds this (the official value;
+# `taptr.model_io` reports visibility with it, the template refresh gates on it).
+VISIBLE_THRESHOLD = 0.5
 # Elements of a temporary tensor (32-bit) the model allows itself before chunking queries.
 CHUNK_BUDGET = 1 << 25
 
@@ -142,7 +143,7 @@ class WindowArithmetic:
         """
         weight = self.config.correlation_template_update
         positions = torch.sigmoid(tail.position_logits[-1][..., :2])
-        visible = torch.sigmoid(tail.vis_logits[-1][..., 1]) > VISIBLE_PROBABILITY
+        visible = torch.sigmoid(tail.vis_logits[-1][..., 1]) > VISIBLE_THRESHOLD
         refresh = (visible & updated)[..., None]
         recent = self.correlation_templates(maps, positions)
         return [torch.where(refresh, F.normalize((1 - weight) * first + weight * new, dim=-1,

@@ -4,9 +4,10 @@ This module schedules, buffers and frees; the arithmetic of a window is the mode
 (`WindowArithmetic.decode_window` and `.propagate`, shared by `TAPTRv2` and the ONNX Runtime
 backend). Frames are encoded as they arrive; a window of `window_size` frames is decoded as
 soon as its frames are present (windows start every `window_stride` frames; the last one is
-aligned to the video's end, docs/architecture.md, "Sliding windows"). After each window its states are stored and the last frame's state is
-propagated to every later frame. A frame is returned once no later window can change it, and
-its features and states are freed: memory does not grow with the video's length.
+aligned to the video's end, docs/architecture.md, "Sliding windows"). After each window its
+states are stored and the last frame's state is propagated to every later frame. A frame is
+returned once no later window can change it, and its features and states are freed: memory
+does not grow with the video's length.
 """
 
 from __future__ import annotations
