@@ -1,5 +1,6 @@
-"""The packed-canvas deformable attention equals the slow reference, and samples the right
-pixels on non-square maps."""
+"""The packed-canvas deformable attention equals the slow reference with both samplings
+('gather' and 'grid_sample'), in values and gradients, and samples the right pixels on
+non-square maps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from reference_deformable import (reference_deformable_attention,
                                   reference_key_aware_attention)
-from taptr.models.deformable_attention import (LevelLayout, deformable_attention,
+from taptr.models.deformable_attention import (SAMPLING, LevelLayout, deformable_attention,
                                                key_aware_attention, pack_levels, sample_packed)
 
 SHAPES = [
@@ -29,33 +30,66 @@ def random_case(shapes, seed, batch=2, queries=5, heads=2, points=3, dim=4, spre
     return values, locations, weights
 
 
+@pytest.mark.parametrize("sampling", SAMPLING)
 @pytest.mark.parametrize("shapes", SHAPES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_standard_attention_matches_reference(shapes, seed):
+def test_standard_attention_matches_reference(shapes, seed, sampling):
     values, locations, weights = random_case(shapes, seed)
     layout = LevelLayout.from_shapes(shapes)
-    fast = deformable_attention(values, layout, locations, weights)
+    fast = deformable_attention(values, layout, locations, weights, sampling=sampling)
     slow = reference_deformable_attention(values, shapes, locations, weights)
     assert torch.allclose(fast.double(), slow, atol=1e-5)
-    chunked = deformable_attention(values, layout, locations, weights, query_chunk=2)
+    chunked = deformable_attention(values, layout, locations, weights, query_chunk=2,
+                                   sampling=sampling)
     assert torch.allclose(chunked, fast, atol=1e-6)
 
 
-@pytest.mark.parametrize("shapes", SHAPES)
-def test_key_aware_attention_matches_reference(shapes):
-    values, locations, _ = random_case(shapes, 3)
-    generator = torch.Generator().manual_seed(4)
+def key_aware_case(shapes, seed=3):
+    values, locations, _ = random_case(shapes, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
     keys = torch.randn(values.shape, generator=generator)
     queries = torch.randn(values.shape[0], locations.shape[1], *values.shape[2:],
                           generator=generator)
+    return queries, keys, values, locations
+
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_key_aware_attention_matches_reference(shapes, sampling):
+    queries, keys, values, locations = key_aware_case(shapes)
     layout = LevelLayout.from_shapes(shapes)
-    fast_out, fast_logits = key_aware_attention(queries, keys, values, layout, locations)
+    fast_out, fast_logits = key_aware_attention(queries, keys, values, layout, locations,
+                                                query_chunk=3, sampling=sampling)
     slow_out, slow_logits = reference_key_aware_attention(queries, keys, values, shapes, locations)
     assert torch.allclose(fast_out.double(), slow_out, atol=1e-5)
     assert torch.allclose(fast_logits.double(), slow_logits, atol=1e-5)
 
 
-def test_points_exactly_on_and_beyond_the_border():
+@pytest.mark.parametrize("shapes", SHAPES[:2])
+def test_both_samplings_give_the_same_gradients(shapes):
+    """Training runs on 'gather': its gradients w.r.t. queries, keys, values and locations
+    equal those of grid_sample's."""
+    layout = LevelLayout.from_shapes(shapes)
+    gradients = {}
+    for sampling in SAMPLING:
+        inputs = [t.clone().requires_grad_() for t in key_aware_case(shapes, seed=7)]
+        out, logits = key_aware_attention(*inputs[:3], layout, inputs[3], sampling=sampling)
+        (out.square().sum() + logits.sin().sum()).backward()
+        gradients[sampling] = [t.grad for t in inputs]
+    for gather, grid in zip(*gradients.values()):
+        assert torch.allclose(gather, grid, atol=1e-4, rtol=1e-4)
+        assert gather.abs().max() > 0
+
+
+def test_an_unknown_sampling_is_refused():
+    values, locations, weights = random_case(SHAPES[0], 0)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        deformable_attention(values, LevelLayout.from_shapes(SHAPES[0]), locations, weights,
+                             sampling="nearest")
+
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+def test_points_exactly_on_and_beyond_the_border(sampling):
     shapes = [(4, 6), (2, 3)]
     values, _, _ = random_case(shapes, 5, batch=1, heads=1)
     edge = torch.tensor([-0.5 / 6, 0.0, 1 / 12, 1.0, 1 + 0.5 / 6, 1 + 1 / 6, 3.0, -2.0])
@@ -63,7 +97,7 @@ def test_points_exactly_on_and_beyond_the_border():
     locations = locations.expand(1, -1, 1, 2, 1, 2).contiguous()
     weights = torch.ones(1, locations.shape[1], 1, 2, 1)
     layout = LevelLayout.from_shapes(shapes)
-    fast = deformable_attention(values, layout, locations, weights)
+    fast = deformable_attention(values, layout, locations, weights, sampling=sampling)
     slow = reference_deformable_attention(values, shapes, locations, weights)
     assert torch.allclose(fast.double(), slow, atol=1e-5)
 

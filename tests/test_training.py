@@ -360,6 +360,20 @@ def test_resume_continues_bit_identically(tmp_path):
     assert [row.split(",")[0] for row in log_b[1:]] == ["1", "2", "3", "4"]
 
 
+def test_sgd_lowers_the_loss_and_a_run_cannot_switch_optimizer_on_resume(tmp_path):
+    sample = DriftingNoiseClips(seed=5)(0)
+    config = tiny_config(tmp_path, steps=8, lr=0.05, schedule="constant", optimizer="sgd")
+    trainer = Trainer(config, clip_source=FixedClip(sample), context=CPU)
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    before = batch_loss(trainer.model, sample, trainer.input_size)
+    trainer.model.train()
+    trainer.run()
+    after = batch_loss(trainer.model, sample, trainer.input_size)
+    assert after < 0.9 * before, (before, after)
+    with pytest.raises(TaptrError, match="trained with optimizer 'sgd', not 'adamw'"):
+        Trainer(tiny_config(tmp_path), resume=True, clip_source=FixedClip(sample), context=CPU)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     script = tmp_path / "ddp_worker.py"
@@ -417,6 +431,7 @@ def test_request_stop_ends_the_run_after_the_step_with_a_checkpoint(tmp_path):
     (["--data", "imagenet"], "data must be 'synthetic' or 'kubric:PATH'"),
     (["--resume"], "cannot resume"),
     (["--preset", "huge"], "unknown preset"),
+    (["--optimizer", "lion"], "unknown optimizer 'lion'"),
     (["--textures", "/nonexistent/photos"], "textures folder not found"),
     (["--init-backbone", "/nonexistent/w.pth"], "init_backbone file not found"),
 ])

@@ -51,7 +51,8 @@ _SETTINGS = (
     ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),
      "train only parameters whose names start with these prefixes, comma-separated "
      "(e.g. decoder.correlation)"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay"),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    ("--optimizer", "optimizer", str, "adamw (official) or sgd (Nesterov momentum 0.9)"),
     ("--schedule", "schedule", str, "cosine, multistep or constant"),
     ("--warmup-steps", "warmup_steps", int, "linear warmup steps"),
     ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off"),

@@ -6,10 +6,12 @@ config, the memory's level layout and the graph names. `OnnxTAPTRv2` runs it.
 
 Graphs are traced with PyTorch's TorchScript-based ONNX exporter (`torch.onnx.export(...,
 dynamo=False)`, opset 17): the window loop stays in Python (`WindowArithmetic`), so each graph
-is straight-line code. Sampling is 4-D `grid_sample` only (ONNX `GridSample`). The one change
-of arithmetic is the pixel-level NCC, which is computed by shifted products instead of a
-grouped convolution whose group count would depend on the number of points
-(`LocalCorrelation.ncc_by_shifts`; the same numbers up to float rounding). The encoder takes
+is straight-line code. Sampling is 4-D `grid_sample` only (ONNX `GridSample`): the deformable
+attentions switch from their default 'gather' sampling to 'grid_sample' (the same numbers up
+to float rounding; `models/deformable_attention.py`). The other change of arithmetic is the
+pixel-level NCC, which is computed by shifted products instead of a grouped convolution whose
+group count would depend on the number of points (`LocalCorrelation.ncc_by_shifts`; the same
+numbers up to float rounding). The encoder takes
 one frame (its query chunking, which bounds memory, depends on the frame count, so a traced
 graph must not see another count); the other graphs have dynamic window length and point
 count; the batch is 1.
@@ -32,6 +34,7 @@ from taptr.errors import TaptrError
 from taptr.export.graphs import EncoderGraph, QueryFeaturesGraph, TemplatesGraph, WindowGraph
 from taptr.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, require_onnxruntime
 from taptr.export.onnx_runtime import OnnxTAPTRv2
+from taptr.models.deformable_attention import DeformableAttention, KeyAwareDeformableAttention
 from taptr.io.atomic import staged_folder
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,9 @@ def export_onnx(model, out_dir: str | os.PathLike, check: bool = True) -> Path:
     correlation = prepared.decoder.correlation
     if correlation is not None:
         correlation.ncc_by_shifts = True
+    for module in prepared.modules():
+        if isinstance(module, (DeformableAttention, KeyAwareDeformableAttention)):
+            module.sampling = "grid_sample"  # ONNX has GridSample, not weighted EmbeddingBag
     examples = _Examples(prepared)
     out_dir = Path(out_dir)
     with staged_folder(out_dir) as staging, torch.no_grad(), warnings.catch_warnings():

@@ -67,6 +67,79 @@ def sample_map(feature_map: torch.Tensor, locations: torch.Tensor) -> torch.Tens
     return samples.permute(0, 2, 3, 1)
 
 
+def _window_indices(height: int, width: int, anchors: torch.Tensor, radius: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the (2r+2)^2 integer-pixel crop under every anchor's (2r+1)^2 window lies in its
+    image's flattened map, and the anchors' bilinear fractions.
+
+    anchors: [Nb, Q, 2] model coordinates (u, v) on an h x w map, read at level pixel
+    (u * w - 0.5, v * h - 0.5) like `sample_map`. Returns (index [Nb, Q, 2r+2, 2r+2] into the
+    map flattened per image, clamped onto it; inside [Nb, Q, 2r+2, 2r+2], 1 where the crop
+    pixel lies on the map and 0 where it is zero padding; fractions [Nb, Q, 2] (fx, fy) in
+    [0, 1)).
+    """
+    side = 2 * radius + 2
+    size = anchors.new_tensor([width, height])
+    pixels = anchors * size - 0.5
+    corner = pixels.detach().floor()
+    fractions = pixels - corner
+    steps = torch.arange(side, device=anchors.device)
+    start = corner.long() - radius
+    columns = start[..., 0, None] + steps  # [Nb, Q, side]
+    rows = start[..., 1, None] + steps
+    inside = (((columns >= 0) & (columns < width))[..., None, :]
+              & ((rows >= 0) & (rows < height))[..., :, None])
+    index = (rows.clamp(0, height - 1)[..., :, None] * width
+             + columns.clamp(0, width - 1)[..., None, :])
+    return index, inside.to(anchors.dtype), fractions
+
+
+def _blend_crops(crops: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """Bilinear blend of neighbouring crop pixels: crops [Nb, Q, S+1, S+1, C] and fractions
+    [Nb, Q, 2] -> [Nb, Q, S, S, C] (two `lerp`s over contiguous rows)."""
+    batch, queries, crop_side, _, channels = crops.shape
+    side = crop_side - 1
+    flat = crops.reshape(batch * queries, crop_side, crop_side * channels)
+    fx = fractions[..., 0].reshape(-1, 1, 1).to(crops.dtype)
+    fy = fractions[..., 1].reshape(-1, 1, 1).to(crops.dtype)
+    across = torch.lerp(flat[..., :side * channels], flat[..., channels:], fx)
+    blended = torch.lerp(across[:, :-1], across[:, 1:], fy)
+    return blended.view(batch, queries, side, side, channels)
+
+
+def sample_window(feature_map: torch.Tensor, anchors: torch.Tensor, radius: int) -> torch.Tensor:
+    """Bilinear samples at every whole-pixel offset of `window_offsets(radius)` from anchors.
+
+    The same values as `sample_map(feature_map, anchors[:, :, None] + offsets / (w, h))` (up to
+    float rounding): every sample of a window shares its anchor's fraction, so the window is
+    one integer crop (a row gather, zero off the map) blended with two `lerp`s, a fraction of
+    `grid_sample`'s cost on a CPU.
+    feature_map: [Nb, C, h, w]; anchors: [Nb, Q, 2] -> [Nb, Q, (2r+1)^2, C].
+    """
+    batch, channels, height, width = feature_map.shape
+    index, inside, fractions = _window_indices(height, width, anchors, radius)
+    table = feature_map.permute(0, 2, 3, 1).reshape(-1, channels)  # one row per pixel
+    images = torch.arange(batch, device=anchors.device).view(batch, 1, 1, 1) * (height * width)
+    crops = F.embedding(index + images, table) * inside[..., None].to(table.dtype)
+    return _blend_crops(crops, fractions).flatten(2, 3)
+
+
+def window_cosine(feature_map: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,
+                  radius: int) -> torch.Tensor:
+    """Dot products of templates with the window samples of `sample_window`:
+    feature_map [Nb, C, h, w], anchors [Nb, Q, 2], templates [Nb, Q, C] -> [Nb, Q, (2r+1)^2].
+
+    By linearity, each template is dotted with every pixel of its map in one batched matrix
+    product, and the window is gathered from those scalars and blended: cheaper on a
+    CPU than gathering C-channel samples.
+    """
+    batch, channels, height, width = feature_map.shape
+    index, inside, fractions = _window_indices(height, width, anchors, radius)
+    dots = torch.matmul(templates.to(feature_map.dtype), feature_map.flatten(2))  # [Nb, Q, hw]
+    crops = dots.gather(2, index.flatten(2)).view(*index.shape, 1) * inside[..., None]
+    return _blend_crops(crops, fractions).flatten(2)
+
+
 def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius: int,
                              patch_radius: int) -> torch.Tensor:
     """Zero-mean, unit-norm RGB patches (2p+1)^2 around every offset of
@@ -80,10 +153,7 @@ def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius:
     """
     batch, queries, _ = anchors.shape
     side = 2 * (radius + patch_radius) + 1
-    size = anchors.new_tensor([image.shape[-1], image.shape[-2]])
-    grid = anchors[:, :, None, :] + window_offsets(radius + patch_radius, anchors.device,
-                                                   anchors.dtype) / size
-    region = sample_map(image, grid)  # [Nb, Q, side*side, 3]
+    region = sample_window(image, anchors, radius + patch_radius)  # [Nb, Q, side*side, 3]
     region = region.reshape(batch * queries, side, side, -1).permute(0, 3, 1, 2)
     patches = F.unfold(region, 2 * patch_radius + 1)  # [Nb*Q, 3 (2p+1)^2, (2r+1)^2]
     patches = patches.transpose(1, 2).reshape(batch, queries, (2 * radius + 1) ** 2, -1)
@@ -121,32 +191,35 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
 
     Equals `(window_patch_descriptors(...) * templates[:, :, None]).sum(-1)` without
     materialising the (2r+1)^2 patches: the template being zero-mean, the numerator is a
-    (grouped) convolution of the sampled (2r+2p+1)^2 region with the template, and each patch's
-    norm comes from box sums (integral images) of the region and of its square.
+    convolution of the sampled (2r+2p+1)^2 region with the template (depthwise, per channel),
+    and each patch's norm comes from box sums (integral images) of the region and of its
+    square.
     image: [Nb, 3, H, W]; anchors: [Nb, Q, 2]; templates: [Nb, Q, 3 (2p+1)^2] zero-mean,
     unit-norm, ordered (channel, row, column). returns [Nb, Q, (2r+1)^2].
-    by_shifts: the numerator by `correlate_by_shifts` instead of a grouped convolution (for
+    by_shifts: the numerator by `correlate_by_shifts` instead of a convolution (for
     export; the same numbers up to rounding).
     """
     batch, queries, _ = anchors.shape
     count = batch * queries
     side = 2 * (radius + patch_radius) + 1
     kernel = 2 * patch_radius + 1
-    size = anchors.new_tensor([image.shape[-1], image.shape[-2]])
-    grid = anchors[:, :, None, :] + window_offsets(radius + patch_radius, anchors.device,
-                                                   anchors.dtype) / size
-    region = sample_map(image, grid)  # [Nb, Q, side*side, C]
+    region = sample_window(image, anchors, radius + patch_radius)  # [Nb, Q, side*side, C]
     channels = region.shape[-1]
-    region = region.reshape(count, side, side, channels).permute(0, 3, 1, 2)
+    region = region.reshape(count, side * side * channels)
     # NCC ignores a constant added to the region; removing its mean keeps the box-sum variance
     # (squares - total^2 / taps) from cancelling on low-contrast patches.
-    region = region - region.mean((1, 2, 3), keepdim=True)
+    region = region - region.mean(-1, keepdim=True)
+    region = region.view(count, side, side, channels).permute(0, 3, 1, 2).contiguous()
     weight = templates.reshape(count, channels, kernel, kernel).to(region.dtype)
     if by_shifts:
         numerator = correlate_by_shifts(region, weight).reshape(count, -1)
     else:
-        numerator = F.conv2d(region.reshape(1, count * channels, side, side), weight,
-                             groups=count).view(count, -1)
+        # One depthwise convolution per (point, channel), summed over channels: the same
+        # numbers as a grouped convolution with one group per point, ~10x faster on a CPU
+        # (docs/tracking.md).
+        numerator = F.conv2d(region.reshape(1, count * channels, side, side),
+                             weight.reshape(count * channels, 1, kernel, kernel),
+                             groups=count * channels).view(count, channels, -1).sum(1)
     taps = channels * kernel * kernel
     total = box_sums(region.sum(1), kernel).view(count, -1)
     squares = box_sums(region.pow(2).sum(1), kernel).view(count, -1)
@@ -192,7 +265,7 @@ class LocalCorrelation(nn.Module):
     keeps its channel count. radius: r of the (2r+1)^2 search grid, in level pixels.
     pixel_patch: p > 0 adds the finest level, NCC of (2p+1)^2 patches of the input image,
     searched over a (2 pixel_radius + 1)^2 window of input pixels.
-    `ncc_by_shifts` (default False; set by ONNX export): the pixel level's NCC without a grouped
+    `ncc_by_shifts` (default False; set by ONNX export): the pixel level's NCC without a
     convolution (`correlate_by_shifts`).
     Parameters: `projections.{i}` (1x1 convs), `log_scale` (softmax sharpness per level),
     `motion_prior` (per level), `peak_gain`, `peak_threshold` (pixel-level visibility),
@@ -302,8 +375,7 @@ class LocalCorrelation(nn.Module):
                 correlation = window_ncc(feature_map, anchor, template, radius,
                                          self.pixel_patch, self.ncc_by_shifts)  # [Nb, N, K]
             else:  # cosine similarity of features
-                samples = sample_map(feature_map, anchor[:, :, None, :] + offsets / size)
-                correlation = (samples * template[:, :, None, :]).sum(-1)
+                correlation = window_cosine(feature_map, anchor, template, radius)
             logits = correlation * self.log_scale[level].exp() - self.motion_prior[level] * distance2
             if self._is_pixel_level(level):
                 expected = peak_subpixel(logits, radius)  # level pixels

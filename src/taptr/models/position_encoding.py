@@ -11,12 +11,13 @@ def _interleaved_sine(scaled: torch.Tensor, num_features: int, temperature: floa
     """[..., ] angles -> [..., num_features]: sin/cos interleaved over frequencies.
 
     Feature k uses frequency divisor temperature^(2*floor(k/2)/num_features); even k sine,
-    odd k cosine (the DAB/DINO layout, not concatenated).
+    odd k cosine (the DAB/DINO layout, not concatenated). Features 2j and 2j+1 share a
+    divisor, so each angle is computed once.
     """
-    index = torch.arange(num_features, dtype=torch.float32, device=scaled.device)
+    index = torch.arange(0, num_features, 2, dtype=torch.float32, device=scaled.device)
     divisors = temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_features)
     angles = scaled[..., None] / divisors.to(scaled.dtype)
-    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
 
 
 def point_sine_embedding(points: torch.Tensor, num_features: int = 128,
@@ -27,11 +28,9 @@ def point_sine_embedding(points: torch.Tensor, num_features: int = 128,
             [..., 4] (x, y, w, h) -> [..., 4F] laid out [emb(y), emb(x), emb(w), emb(h)].
     emb(c)_k = sin/cos(2*pi*c / temperature^(2*floor(k/2)/F)).
     """
-    scaled = points * (2 * math.pi)
-    parts = [_interleaved_sine(scaled[..., i], num_features, temperature)
-             for i in range(points.shape[-1])]
-    parts[0], parts[1] = parts[1], parts[0]
-    return torch.cat(parts, dim=-1)
+    order = [1, 0, *range(2, points.shape[-1])]  # y before x
+    scaled = points[..., order] * (2 * math.pi)
+    return _interleaved_sine(scaled, num_features, temperature).flatten(-2)
 
 
 def map_sine_encoding(height: int, width: int, num_features: int, temperature: float,

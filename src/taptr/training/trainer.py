@@ -47,7 +47,7 @@ from taptr.training import checkpoint as ckpt
 from taptr.training.data import batch_stream
 from taptr.training.ema import ModelEma
 from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
-from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
+from taptr.training.optim import OPTIMIZERS, LrSchedule, build_optimizer, build_scheduler
 from taptr.training.run_log import CsvLog, TensorBoardLog
 from taptr.training.validation import METRIC_KEYS, evaluate_samples
 
@@ -87,6 +87,7 @@ class TrainConfig:
     # plain L1); lost points then give no gradient (`tracking_loss`'s location_cap).
     loss_cap_px: float = 0.0
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # 'adamw' (official) or 'sgd' (ours: Nesterov momentum 0.9)
     schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
     warmup_steps: int = 50
     lr_milestones: tuple[float, ...] = (2 / 3, 13 / 15)  # fractions of `steps` (multistep)
@@ -158,6 +159,8 @@ class TrainConfig:
         if self.clip_size is not None and min(self.clip_size) < 16:
             raise TaptrError(f"clip_size is too small: {self.clip_size}")
         LrSchedule(kind=self.schedule)  # raises on an unknown schedule
+        if self.optimizer not in OPTIMIZERS:
+            raise TaptrError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         get_preset(self.preset)  # raises on an unknown preset
         self._check_paths()
 
@@ -257,7 +260,7 @@ class Trainer:
 
         self.ema = ModelEma(self.model, config.ema_decay, config.ema_warmup)
         self.optimizer = build_optimizer(self.model, config.lr, config.lr_backbone,
-                                         config.weight_decay)
+                                         config.weight_decay, config.optimizer)
         self.schedule = LrSchedule(config.schedule, config.steps, config.warmup_steps,
                                    config.lr_milestones, config.lr_gamma, config.min_lr_factor)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
@@ -377,11 +380,16 @@ class Trainer:
     def _restore(self, checkpoint: dict) -> None:
         load_state_strict(self.model, checkpoint["model"])
         self.ema.load_state_dict(checkpoint["ema"])
+        saved = checkpoint.get("train_config", {}).get("optimizer", "adamw")
+        if saved != self.config.optimizer:
+            raise TaptrError(f"cannot resume: the run trained with optimizer {saved!r}, not "
+                             f"{self.config.optimizer!r}; start a new run with --init-weights")
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError as error:
             raise TaptrError(f"cannot resume: the optimizer no longer matches ({error}); "
-                             "lr_backbone 0 (frozen backbone) cannot be switched on resume")
+                             "lr_backbone 0 (frozen backbone), train_only and the optimizer "
+                             "cannot be switched on resume")
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self._apply_hyperparameters(int(checkpoint["step"]))
         if self.scaler is not None and checkpoint.get("scaler"):
