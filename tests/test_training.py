@@ -432,6 +432,7 @@ def test_request_stop_ends_the_run_after_the_step_with_a_checkpoint(tmp_path):
     (["--resume"], "cannot resume"),
     (["--preset", "huge"], "unknown preset"),
     (["--optimizer", "lion"], "unknown optimizer 'lion'"),
+    (["--visibility-loss-weight", "-1"], "visibility_loss_weight must not be negative"),
     (["--textures", "/nonexistent/photos"], "textures folder not found"),
     (["--init-backbone", "/nonexistent/w.pth"], "init_backbone file not found"),
 ])
@@ -497,3 +498,24 @@ def test_capped_location_loss_ignores_lost_points():
     capped.backward()
     assert predicted.grad[0, 1].abs().sum() == 0  # the lost point gives no gradient
     assert predicted.grad[0, 0, 0] > 0 and predicted.grad[0, 2, 0] > 0
+
+
+def test_loss_weights_reach_the_loss(tmp_path):
+    """--visibility-loss-weight 0: the visibility heads get no gradient and stay unchanged;
+    --apu-loss-weight is the weight the trainer's loss uses."""
+    sample = DriftingNoiseClips(seed=5)(0)
+    config = tiny_config(tmp_path, steps=3, visibility_loss_weight=0.0, apu_loss_weight=2.0,
+                         weight_decay=0.0, train_only=("decoder.visibility_heads",))
+    trainer = Trainer(config, clip_source=FixedClip(sample), context=CPU)
+    assert trainer.loss_weights.visibility == 0.0 and trainer.loss_weights.apu == 2.0
+    before = {k: v.clone() for k, v in trainer.model.decoder.visibility_heads.state_dict().items()}
+    trainer.run()
+    after = trainer.model.decoder.visibility_heads.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    config = tiny_config(tmp_path / "b", steps=3, weight_decay=0.0,
+                         train_only=("decoder.visibility_heads",))
+    trainer = Trainer(config, clip_source=FixedClip(sample), context=CPU)
+    before = {k: v.clone() for k, v in trainer.model.decoder.visibility_heads.state_dict().items()}
+    trainer.run()
+    after = trainer.model.decoder.visibility_heads.state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # the default trains them

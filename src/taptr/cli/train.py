@@ -48,6 +48,10 @@ _SETTINGS = (
     ("--lr-backbone", "lr_backbone", float, "backbone learning rate, 0 freezes it"),
     ("--loss-cap-px", "loss_cap_px", float,
      "cap each point-frame's location error at this many input pixels (0: official L1)"),
+    ("--apu-loss-weight", "apu_loss_weight", float,
+     "weight of every decoder layer's APU-position L1 (official 5)"),
+    ("--visibility-loss-weight", "visibility_loss_weight", float,
+     "weight of the visibility focal loss (official 1)"),
     ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),
      "train only parameters whose names start with these prefixes, comma-separated "
      "(e.g. decoder.correlation)"),

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taptr.models.common import concat
+
 
 class MultiheadAttention(nn.Module):
     """Parameters `in_proj_weight` [3C, C], `in_proj_bias` [3C], `out_proj` (as in PyTorch).
@@ -23,9 +25,10 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query_key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,
+    def forward(self, query_key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor | None,
                 query_chunk: int | None = None) -> torch.Tensor:
-        """query_key, value: [Nb, L, C]; allowed: [Nb, L, L] bool (True = may attend).
+        """query_key, value: [Nb, L, C]; allowed: [Nb, L, L] bool (True = may attend), or None
+        (every pair may attend: no mask, a faster kernel).
 
         Queries and keys are projections of `query_key`, values of `value`. returns [Nb, L, C].
         """
@@ -44,7 +47,18 @@ class MultiheadAttention(nn.Module):
         outputs = []
         for start in range(0, length, chunk):
             rows = slice(start, min(start + chunk, length))
-            outputs.append(F.scaled_dot_product_attention(
-                queries[:, :, rows], keys, values, attn_mask=allowed[:, None, rows]))
-        out = torch.cat(outputs, dim=2).transpose(1, 2).reshape(batch, length, dim)
+            mask = None if allowed is None else allowed[:, None, rows]
+            outputs.append(F.scaled_dot_product_attention(queries[:, :, rows], keys, values,
+                                                          attn_mask=mask))
+        out = concat(outputs, 2).transpose(1, 2).reshape(batch, length, dim)
         return self.out_proj(out)
+
+
+def same_group_mask(flags: torch.Tensor) -> torch.Tensor | None:
+    """Attention mask of TAPTRv2's decoder self-attentions: flags [Nb, L] bool -> allowed
+    [Nb, L, L], True where two elements have the same flag (tracked attends to tracked,
+    untracked to untracked; official code). None when every sequence has one flag only (all
+    pairs allowed), except while tracing for export, where the graph must keep the mask."""
+    if not torch.jit.is_tracing() and bool((flags == flags[:, :1]).all()):
+        return None
+    return flags[:, :, None] == flags[:, None, :]

@@ -67,3 +67,8 @@ class FrozenBatchNorm2d(nn.Module):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return inputs * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def concat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """`torch.cat` of chunk results, without the copy when there is one chunk."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from taptr.models.attention import MultiheadAttention
-from taptr.models.common import MLP, inverse_sigmoid, mlp_sequential
+from taptr.models.attention import MultiheadAttention, same_group_mask
+from taptr.models.common import MLP, concat, inverse_sigmoid, mlp_sequential
 from taptr.models.correlation import LocalCorrelation
 from taptr.models.deformable_attention import KeyAwareDeformableAttention, LevelLayout
 from taptr.models.position_encoding import point_sine_embedding
@@ -147,8 +147,7 @@ class DecoderLayer(nn.Module):
         per_point = content.transpose(1, 2).reshape(batch * num_points, window, dim)
         pos = query_pos.transpose(1, 2).reshape(batch * num_points, window, dim)
         track_flags = tracked.transpose(1, 2).reshape(batch * num_points, window)
-        allowed = track_flags[:, :, None] == track_flags[:, None, :]
-        out = self.temp_self_attn(per_point + pos, per_point, allowed)
+        out = self.temp_self_attn(per_point + pos, per_point, same_group_mask(track_flags))
         out = out.view(batch, num_points, window, dim).transpose(1, 2)
         return self.norm_temp(content + out)
 
@@ -157,8 +156,8 @@ class DecoderLayer(nn.Module):
         per_frame = content.reshape(batch * window, num_points, dim)
         pos = query_pos.reshape(batch * window, num_points, dim)
         track_flags = tracked.reshape(batch * window, num_points)
-        allowed = track_flags[:, :, None] == track_flags[:, None, :]
-        out = self.self_attn(per_frame + pos, per_frame, allowed, point_chunk)
+        out = self.self_attn(per_frame + pos, per_frame, same_group_mask(track_flags),
+                             point_chunk)
         return self.norm2(content + out.view(batch, window, num_points, dim))
 
 
@@ -236,8 +235,8 @@ class PointDecoder(nn.Module):
                                              [t[:, part] for t in templates])
             moved.append(result[0])
             vis_offset.append(result[1])
-        moved = torch.cat(moved, 1).view(batch, window, num_points, 2).to(position_logits.dtype)
-        vis_offset = torch.cat(vis_offset, 1).view(batch, window, num_points, 1).to(
+        moved = concat(moved, 1).view(batch, window, num_points, 2).to(position_logits.dtype)
+        vis_offset = concat(vis_offset, 1).view(batch, window, num_points, 1).to(
             vis_logits.dtype)
         updated = inputs.updated[..., None]
         moved_logits = torch.cat((inverse_sigmoid(moved), position_logits[..., 2:]), -1)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taptr.models.common import concat
+
 SAMPLING = ("gather", "grid_sample")
 
 
@@ -198,7 +200,7 @@ def deformable_attention(values: torch.Tensor, layout: LevelLayout, locations: t
             combined = bilinear * weights[:, chunk].flatten(3)[..., None]
             out = weighted_rows(canvas, rows.flatten(3), combined.flatten(3))  # [Nb, q, M, d]
             outputs.append(out.flatten(2))
-        return torch.cat(outputs, dim=1)
+        return concat(outputs, 1)
     canvas = pack_levels(values.flatten(2), layout, num_heads)
     outputs = []
     for chunk in _chunks(locations.shape[1], query_chunk):
@@ -207,7 +209,7 @@ def deformable_attention(values: torch.Tensor, layout: LevelLayout, locations: t
         chunk_weights = chunk_weights.reshape(batch * num_heads, 1, -1, samples.shape[-1])
         out = (samples * chunk_weights).sum(-1)  # [Nb*M, d, q]
         outputs.append(out.view(batch, num_heads * head_dim, -1).transpose(1, 2))
-    return torch.cat(outputs, dim=1)
+    return concat(outputs, 1)
 
 
 def key_aware_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -231,12 +233,15 @@ def key_aware_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch
         for chunk in _chunks(locations.shape[1], query_chunk):
             rows, bilinear = bilinear_rows(layout, locations[:, chunk])  # [Nb, q, M, LP, 4]
             sampled_keys = weighted_rows(key_canvas, rows, bilinear)  # [Nb, q, M, LP, d]
-            logits = (queries[:, chunk, :, None, :] * sampled_keys).sum(-1) / math.sqrt(head_dim)
+            # <q, k> of every sample as a batched matrix-vector product (6x faster on a CPU
+            # than a broadcast product and a sum)
+            logits = torch.matmul(sampled_keys, queries[:, chunk, :, :, None])[..., 0]
+            logits = logits / math.sqrt(head_dim)
             attention = logits.softmax(-1)  # [Nb, q, M, LP]
             combined = (bilinear * attention[..., None]).flatten(3)
             outputs.append(weighted_rows(value_canvas, rows.flatten(3), combined).flatten(2))
             all_logits.append(logits.flatten(2))
-        return torch.cat(outputs, dim=1), torch.cat(all_logits, dim=1)
+        return concat(outputs, 1), concat(all_logits, 1)
     packed = torch.cat((keys, values), dim=-1).flatten(2)  # [Nb, S, M*2d]
     canvas = pack_levels(packed, layout, num_heads)
     outputs, all_logits = [], []
@@ -251,7 +256,7 @@ def key_aware_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch
         outputs.append(out.view(batch, num_heads * head_dim, -1).transpose(1, 2))
         all_logits.append(logits.view(batch, num_heads, logits.shape[1], -1)
                           .permute(0, 2, 1, 3).flatten(2))
-    return torch.cat(outputs, dim=1), torch.cat(all_logits, dim=1)
+    return concat(outputs, 1), concat(all_logits, 1)
 
 
 def offset_locations(reference: torch.Tensor, offsets: torch.Tensor,

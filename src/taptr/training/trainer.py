@@ -86,6 +86,10 @@ class TrainConfig:
     # Ours: cap each point-frame's location error at this many input pixels (0: the official
     # plain L1); lost points then give no gradient (`tracking_loss`'s location_cap).
     loss_cap_px: float = 0.0
+    # Loss weights (official: 5 for every layer's APU positions, 1 for the visibility focal
+    # loss); ours to change when fine-tuning (docs/training.md).
+    apu_loss_weight: float = 5.0
+    visibility_loss_weight: float = 1.0
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # 'adamw' (official) or 'sgd' (ours: Nesterov momentum 0.9)
     schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
@@ -138,6 +142,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise TaptrError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "lr_backbone", "weight_decay", "grad_clip", "warmup_steps",
+                     "apu_loss_weight", "visibility_loss_weight",
                      "eval_every", "workers", "max_minutes", "curriculum_steps"):
             if getattr(self, name) < 0:
                 raise TaptrError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -267,7 +272,8 @@ class Trainer:
         self.autocast_dtype = resolve_precision(config.amp, self.device)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.autocast_dtype == torch.float16 else None)
-        self.loss_weights = LossWeights()
+        self.loss_weights = LossWeights(apu=config.apu_loss_weight,
+                                        visibility=config.visibility_loss_weight)
         self.location_cap = config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1)
 
         self.clip_source = clip_source
