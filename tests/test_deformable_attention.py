@@ -121,3 +121,39 @@ def test_sampling_reads_the_intended_pixel_on_non_square_maps(shapes):
         expected_y = points[:, 1] * height - 0.5
         assert torch.allclose(sampled[0, 0, :, level], expected_x, atol=1e-5)
         assert torch.allclose(sampled[0, 1, :, level], expected_y, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+def test_a_nan_location_gives_nan_not_an_error(sampling):
+    values, locations, weights = random_case(SHAPES[0], 2)
+    locations[0, 1, 0, 0, 0, 0] = float("nan")
+    out = deformable_attention(values, LevelLayout.from_shapes(SHAPES[0]), locations, weights,
+                               sampling=sampling)
+    assert out[0, 1].isnan().any() and not out[1].isnan().any()
+
+
+def test_standard_attention_gradients_agree_between_samplings():
+    layout = LevelLayout.from_shapes(SHAPES[0])
+    gradients = {}
+    for sampling in SAMPLING:
+        inputs = [t.clone().requires_grad_() for t in random_case(SHAPES[0], 9)]
+        deformable_attention(*inputs[:1], layout, *inputs[1:], sampling=sampling).sin().sum(
+        ).backward()
+        gradients[sampling] = [t.grad for t in inputs]
+    for gather, grid in zip(*gradients.values()):
+        assert torch.allclose(gather, grid, atol=1e-4, rtol=1e-4)
+
+
+def test_key_logits_stay_float32_under_autocast():
+    queries, keys, values, locations = key_aware_case(SHAPES[0])
+    layout = LevelLayout.from_shapes(SHAPES[0])
+    results = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for sampling in SAMPLING:
+            results[sampling] = key_aware_attention(queries.bfloat16(), keys.bfloat16(),
+                                                    values.bfloat16(), layout, locations,
+                                                    sampling=sampling)
+    (gather_out, gather_logits), (grid_out, grid_logits) = results.values()
+    assert gather_logits.dtype == grid_logits.dtype == torch.float32
+    assert torch.allclose(gather_logits, grid_logits, atol=1e-4)
+    assert torch.allclose(gather_out.float(), grid_out.float(), atol=1e-2)

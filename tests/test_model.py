@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -175,3 +177,37 @@ def test_apu_moves_the_point_to_the_sampled_location(shapes, chosen):
     # The sample the point moved to reads exactly that location on the coordinate map.
     read_x = expected[0] * width - 0.5
     assert 0 <= read_x <= width - 1
+
+
+def test_same_group_mask_is_none_only_for_uniform_flags_and_kept_under_tracing(monkeypatch):
+    from taptr.models.attention import MultiheadAttention, same_group_mask
+
+    uniform = torch.tensor([[True, True, True], [False, False, False]])
+    mixed = torch.tensor([[True, False, True], [False, False, False]])
+    assert same_group_mask(uniform) is None
+    assert same_group_mask(mixed).tolist()[0] == [[True, False, True], [False, True, False],
+                                                  [True, False, True]]
+    with monkeypatch.context() as patch:  # an exporter tracing: the graph must keep the mask
+        patch.setattr(torch.jit, "is_tracing", lambda: True)
+        assert same_group_mask(uniform).all()
+    torch.manual_seed(0)
+    attention = MultiheadAttention(8, 2).eval()
+    tokens = torch.randn(2, 3, 8)
+    full = torch.ones(2, 3, 3, dtype=torch.bool)
+    assert torch.allclose(attention(tokens, tokens, None), attention(tokens, tokens, full),
+                          atol=1e-6)
+
+
+def test_point_sine_embedding_follows_the_official_formula():
+    from taptr.models.position_encoding import point_sine_embedding
+
+    points = torch.tensor([[0.25, 0.75, 0.1, 0.4]])
+    embedding = point_sine_embedding(points, 8, temperature=10.0)
+    expected = []
+    for coordinate in (points[0, 1], points[0, 0], points[0, 2], points[0, 3]):  # y, x, w, h
+        for k in range(8):
+            angle = 2 * math.pi * coordinate / 10.0 ** (2 * (k // 2) / 8)
+            expected.append(math.sin(angle) if k % 2 == 0 else math.cos(angle))
+    assert torch.allclose(embedding[0], torch.tensor(expected), atol=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        point_sine_embedding(points, 7)

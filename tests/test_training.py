@@ -148,6 +148,11 @@ def test_tracking_loss_weights_every_layer_and_masks_points_outside_the_frame():
     weights = LossWeights()
     assert total.item() == pytest.approx(5 * 0.3 / 4 + 5 * 0.3 / 4 + vis)
     assert weights.location == weights.apu == 5.0
+    # Only the last layer supervised: layer 0's location error no longer counts.
+    last, parts = tracking_loss(fake_outputs(positions, apu, vis_logits), batch,
+                                LossWeights(layers="last"))
+    assert last.item() == pytest.approx(5 * 0.3 / 4 + vis)
+    assert parts["loc_0"].item() == pytest.approx(3 * 0.1 / 4)  # still reported
 
 
 # ---------------------------------------------------------------------------- batching
@@ -433,6 +438,7 @@ def test_request_stop_ends_the_run_after_the_step_with_a_checkpoint(tmp_path):
     (["--preset", "huge"], "unknown preset"),
     (["--optimizer", "lion"], "unknown optimizer 'lion'"),
     (["--visibility-loss-weight", "-1"], "visibility_loss_weight must not be negative"),
+    (["--loss-layers", "first"], "loss_layers must be 'all' or 'last'"),
     (["--textures", "/nonexistent/photos"], "textures folder not found"),
     (["--init-backbone", "/nonexistent/w.pth"], "init_backbone file not found"),
 ])

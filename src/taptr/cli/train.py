@@ -52,6 +52,8 @@ _SETTINGS = (
      "weight of every decoder layer's APU-position L1 (official 5)"),
     ("--visibility-loss-weight", "visibility_loss_weight", float,
      "weight of the visibility focal loss (official 1)"),
+    ("--loss-layers", "loss_layers", str,
+     "decoder layers whose positions are supervised: all (official) or last"),
     ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),
      "train only parameters whose names start with these prefixes, comma-separated "
      "(e.g. decoder.correlation)"),

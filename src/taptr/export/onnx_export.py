@@ -6,9 +6,11 @@ config, the memory's level layout and the graph names. `OnnxTAPTRv2` runs it.
 
 Graphs are traced with PyTorch's TorchScript-based ONNX exporter (`torch.onnx.export(...,
 dynamo=False)`, opset 17): the window loop stays in Python (`WindowArithmetic`), so each graph
-is straight-line code. Sampling is 4-D `grid_sample` only (ONNX `GridSample`): the deformable
-attentions switch from their default 'gather' sampling to 'grid_sample' (the same numbers up
-to float rounding; `models/deformable_attention.py`). The other change of arithmetic is the
+is straight-line code. Bilinear sampling at arbitrary locations is 4-D `grid_sample` only (ONNX
+`GridSample`): the deformable attentions switch from their default 'gather' sampling to
+'grid_sample' (the same numbers up to float rounding; `models/deformable_attention.py`). The
+correlation windows, whose samples sit at whole-pixel offsets from an anchor, are integer
+crops (ONNX `Gather`/`GatherElements`) blended by `Lerp`, in both backends. The other change of arithmetic is the
 pixel-level NCC, which is computed by shifted products instead of a grouped convolution whose
 group count would depend on the number of points (`LocalCorrelation.ncc_by_shifts`; the same
 numbers up to float rounding). The encoder takes
@@ -34,8 +36,8 @@ from taptr.errors import TaptrError
 from taptr.export.graphs import EncoderGraph, QueryFeaturesGraph, TemplatesGraph, WindowGraph
 from taptr.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, require_onnxruntime
 from taptr.export.onnx_runtime import OnnxTAPTRv2
-from taptr.models.deformable_attention import DeformableAttention, KeyAwareDeformableAttention
 from taptr.io.atomic import staged_folder
+from taptr.models.deformable_attention import DeformableAttention, KeyAwareDeformableAttention
 
 logger = logging.getLogger(__name__)
 

@@ -81,7 +81,7 @@ def _window_indices(height: int, width: int, anchors: torch.Tensor, radius: int
     side = 2 * radius + 2
     size = anchors.new_tensor([width, height])
     pixels = anchors * size - 0.5
-    corner = pixels.detach().floor()
+    corner = torch.nan_to_num(pixels.detach().floor())  # NaN anchors: NaN fractions, valid rows
     fractions = pixels - corner
     steps = torch.arange(side, device=anchors.device)
     start = corner.long() - radius

@@ -147,8 +147,10 @@ def bilinear_rows(layout: LevelLayout, locations: torch.Tensor
     x, y = (pixels + offsets[:, None, :]).flatten(3, 4).unbind(-1)  # [Nb, Q, M, LP] canvas px
     # The clamps keep x0 + 1 and y0 + 1 inside the canvas; a sample on the last column or row
     # then has fraction 1, the same value.
-    x0 = x.detach().floor().clamp(max=width - 2)
-    y0 = y.detach().floor().clamp(max=height - 2)
+    # (A NaN location gets corner 0 and NaN weights, so a NaN output, as with grid_sample,
+    # instead of an index out of range.)
+    x0 = torch.nan_to_num(x.detach().floor()).clamp(0, width - 2)
+    y0 = torch.nan_to_num(y.detach().floor()).clamp(0, height - 2)
     fx, fy = x - x0, y - y0
     images = torch.arange(batch * num_heads, device=locations.device).view(batch, 1, num_heads, 1)
     top_left = (images * height + y0.long()) * width + x0.long()
@@ -160,9 +162,11 @@ def bilinear_rows(layout: LevelLayout, locations: torch.Tensor
 
 def weighted_rows(canvas: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor
                   ) -> torch.Tensor:
-    """Sum of canvas rows times weights over the last axis: rows, weights [..., K] ->
-    [..., d], in the wider of the two dtypes (under bf16/fp16 autocast the sampling stays in
-    float32, like `grid_sample`'s)."""
+    """Sum of canvas rows times weights over the last axis.
+
+    canvas: [R, d]; rows: [..., K] int64 indices into it; weights: [..., K] -> [..., d], in
+    the wider of the two dtypes (under bf16/fp16 autocast the sampling stays in float32, like
+    `grid_sample`'s; callers promote the canvas once, so this cast is free)."""
     dtype = torch.promote_types(canvas.dtype, weights.dtype)
     out = F.embedding_bag(rows.reshape(-1, rows.shape[-1]), canvas.to(dtype),
                           per_sample_weights=weights.reshape(-1, rows.shape[-1]).to(dtype),
@@ -193,7 +197,8 @@ def deformable_attention(values: torch.Tensor, layout: LevelLayout, locations: t
     _check_sampling(sampling)
     batch, _, num_heads, head_dim = values.shape
     if sampling == "gather":
-        canvas = pack_levels_rows(values.flatten(2), layout, num_heads)
+        dtype = torch.promote_types(values.dtype, locations.dtype)
+        canvas = pack_levels_rows(values.flatten(2), layout, num_heads).to(dtype)
         outputs = []
         for chunk in _chunks(locations.shape[1], query_chunk):
             rows, bilinear = bilinear_rows(layout, locations[:, chunk])  # [Nb, q, M, LP, 4]
@@ -227,15 +232,19 @@ def key_aware_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch
     _check_sampling(sampling)
     batch, _, num_heads, head_dim = values.shape
     if sampling == "gather":
-        key_canvas = pack_levels_rows(keys.flatten(2), layout, num_heads)
-        value_canvas = pack_levels_rows(values.flatten(2), layout, num_heads)
+        dtype = torch.promote_types(values.dtype, locations.dtype)
+        key_canvas = pack_levels_rows(keys.flatten(2), layout, num_heads).to(dtype)
+        value_canvas = pack_levels_rows(values.flatten(2), layout, num_heads).to(dtype)
         outputs, all_logits = [], []
         for chunk in _chunks(locations.shape[1], query_chunk):
             rows, bilinear = bilinear_rows(layout, locations[:, chunk])  # [Nb, q, M, LP, 4]
             sampled_keys = weighted_rows(key_canvas, rows, bilinear)  # [Nb, q, M, LP, d]
             # <q, k> of every sample as a batched matrix-vector product (6x faster on a CPU
-            # than a broadcast product and a sum)
-            logits = torch.matmul(sampled_keys, queries[:, chunk, :, :, None])[..., 0]
+            # than a broadcast product and a sum), in the samples' dtype also under autocast
+            # (as the grid_sample path's product is)
+            with torch.autocast(sampled_keys.device.type, enabled=False):
+                chunk_queries = queries[:, chunk, :, :, None].to(sampled_keys.dtype)
+                logits = torch.matmul(sampled_keys, chunk_queries)[..., 0]
             logits = logits / math.sqrt(head_dim)
             attention = logits.softmax(-1)  # [Nb, q, M, LP]
             combined = (bilinear * attention[..., None]).flatten(3)

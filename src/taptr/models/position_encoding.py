@@ -14,8 +14,10 @@ def _interleaved_sine(scaled: torch.Tensor, num_features: int, temperature: floa
     odd k cosine (the DAB/DINO layout, not concatenated). Features 2j and 2j+1 share a
     divisor, so each angle is computed once.
     """
+    if num_features % 2:
+        raise ValueError(f"num_features must be even, got {num_features}")
     index = torch.arange(0, num_features, 2, dtype=torch.float32, device=scaled.device)
-    divisors = temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_features)
+    divisors = temperature ** (index / num_features)
     angles = scaled[..., None] / divisors.to(scaled.dtype)
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
 

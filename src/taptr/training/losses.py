@@ -34,6 +34,13 @@ class LossWeights:
 
     location: float = 5.0
     apu: float = 5.0
+    # Ours: supervise the positions (and APU positions) of 'all' decoder layers (official) or of
+    # the 'last' one only.
+    layers: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.layers not in ("all", "last"):
+            raise ValueError(f"layers must be 'all' or 'last', got {self.layers!r}")
     visibility: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -124,7 +131,8 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
     precision on the ones it tracks (docs/training.md, "Fine-tuning a model that already
     tracks").
     Returns (total, parts): total is a scalar with gradient; parts holds detached unweighted
-    scalars named by `loss_part_names` (`loc`/`apu` are the sums over layers).
+    scalars named by `loss_part_names` (`loc`/`apu` are the sums over the supervised layers:
+    all, or the last with `weights.layers == "last"`).
     """
     tracks, visible = batch["tracks"], batch["visible"]
     update_mask = tracking_mask(batch["query_frames"], tracks.shape[1], batch.get("valid"))
@@ -139,8 +147,9 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
     visibility = visibility_focal_loss(
         outputs.layer_vis_logits[-1], visible, update_mask, weights.focal_alpha, weights.focal_gamma
     )
-    location_total = torch.stack(location_terms).sum()
-    apu_total = torch.stack(apu_terms).sum()
+    supervised = slice(None) if weights.layers == "all" else slice(-1, None)
+    location_total = torch.stack(location_terms[supervised]).sum()
+    apu_total = torch.stack(apu_terms[supervised]).sum()
     total = (weights.location * location_total + weights.apu * apu_total
              + weights.visibility * visibility)
 

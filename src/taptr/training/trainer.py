@@ -90,6 +90,7 @@ class TrainConfig:
     # loss); ours to change when fine-tuning (docs/training.md).
     apu_loss_weight: float = 5.0
     visibility_loss_weight: float = 1.0
+    loss_layers: str = "all"  # 'all' decoder layers' positions supervised (official) or 'last'
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # 'adamw' (official) or 'sgd' (ours: Nesterov momentum 0.9)
     schedule: str = "cosine"  # 'cosine', 'multistep' or 'constant'
@@ -164,6 +165,8 @@ class TrainConfig:
         if self.clip_size is not None and min(self.clip_size) < 16:
             raise TaptrError(f"clip_size is too small: {self.clip_size}")
         LrSchedule(kind=self.schedule)  # raises on an unknown schedule
+        if self.loss_layers not in ("all", "last"):
+            raise TaptrError(f"loss_layers must be 'all' or 'last', got {self.loss_layers!r}")
         if self.optimizer not in OPTIMIZERS:
             raise TaptrError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         get_preset(self.preset)  # raises on an unknown preset
@@ -273,7 +276,8 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.autocast_dtype == torch.float16 else None)
         self.loss_weights = LossWeights(apu=config.apu_loss_weight,
-                                        visibility=config.visibility_loss_weight)
+                                        visibility=config.visibility_loss_weight,
+                                        layers=config.loss_layers)
         self.location_cap = config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1)
 
         self.clip_source = clip_source
