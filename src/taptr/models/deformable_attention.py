@@ -69,47 +69,6 @@ class LevelLayout:
         return starts
 
 
-def pack_levels(tokens: torch.Tensor, layout: LevelLayout, num_heads: int) -> torch.Tensor:
-    """Flattened level tokens -> packed canvas.
-
-    tokens: [Nb, S, M*d] (levels concatenated, row-major inside a level).
-    returns [Nb*M, d, Hc, Wc] with a one-pixel zero border around every level.
-    """
-    batch, _, channels = tokens.shape
-    head_dim = channels // num_heads
-    canvas = tokens.new_zeros(batch * num_heads, head_dim, layout.canvas_height,
-                              layout.canvas_width)
-    per_head = tokens.view(batch, -1, num_heads, head_dim).permute(0, 2, 3, 1)
-    per_head = per_head.reshape(batch * num_heads, head_dim, -1)
-    for (height, width), start, x_offset in zip(layout.shapes, layout.level_starts,
-                                                layout.x_offsets):
-        level = per_head[:, :, start:start + height * width].reshape(-1, head_dim, height, width)
-        canvas[:, :, 1:1 + height, x_offset + 1:x_offset + 1 + width] = level
-    return canvas
-
-
-def sample_packed(canvas: torch.Tensor, layout: LevelLayout, locations: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of every level at normalised locations.
-
-    canvas: [Nb*M, d, Hc, Wc] from `pack_levels`.
-    locations: [Nb, Q, M, L, P, 2] normalised (u, v) per level (zero padding outside [0, 1]).
-    returns [Nb*M, d, Q, L*P].
-    """
-    batch, num_queries, num_heads, num_levels, num_points, _ = locations.shape
-    sizes = layout.sizes(locations)  # [L, 2] (W, H)
-    offsets = torch.tensor([[x + 1, 1] for x in layout.x_offsets], dtype=locations.dtype,
-                           device=locations.device)
-    pixels = locations * sizes[:, None, :] - 0.5
-    pixels = torch.maximum(torch.minimum(pixels, sizes[:, None, :]), pixels.new_tensor(-1.0))
-    canvas_xy = pixels + offsets[:, None, :]
-    scale = torch.tensor([2.0 / (layout.canvas_width - 1), 2.0 / (layout.canvas_height - 1)],
-                         dtype=locations.dtype, device=locations.device)
-    grid = canvas_xy * scale - 1
-    grid = grid.permute(0, 2, 1, 3, 4, 5).reshape(batch * num_heads, num_queries,
-                                                  num_levels * num_points, 2)
-    return F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
 def pack_levels_rows(tokens: torch.Tensor, layout: LevelLayout, num_heads: int) -> torch.Tensor:
     """Flattened level tokens -> channels-last packed canvas as rows.
 
@@ -129,6 +88,48 @@ def pack_levels_rows(tokens: torch.Tensor, layout: LevelLayout, num_heads: int) 
     return canvas.view(-1, head_dim)
 
 
+def pack_levels(tokens: torch.Tensor, layout: LevelLayout, num_heads: int) -> torch.Tensor:
+    """Flattened level tokens -> packed canvas, channels first ('grid_sample' sampling).
+
+    tokens: [Nb, S, M*d] (levels concatenated, row-major inside a level).
+    returns [Nb*M, d, Hc, Wc] with a one-pixel zero border around every level: the canvas of
+    `pack_levels_rows`, channels moved first.
+    """
+    head_dim = tokens.shape[-1] // num_heads
+    rows = pack_levels_rows(tokens, layout, num_heads)
+    canvas = rows.view(-1, layout.canvas_height, layout.canvas_width, head_dim)
+    return canvas.permute(0, 3, 1, 2).contiguous()
+
+
+def _canvas_pixels(layout: LevelLayout, locations: torch.Tensor) -> torch.Tensor:
+    """Normalised locations [Nb, Q, M, L, P, 2] of every level -> canvas pixels (x, y), same
+    shape: level pixel (u * W_l - 0.5, v * H_l - 0.5), clamped to [-1, size] (onto the zero
+    border), shifted to the level's block."""
+    sizes = layout.sizes(locations)  # [L, 2] (W, H)
+    offsets = torch.tensor([[x + 1, 1] for x in layout.x_offsets], dtype=locations.dtype,
+                           device=locations.device)
+    pixels = locations * sizes[:, None, :] - 0.5
+    pixels = torch.maximum(torch.minimum(pixels, sizes[:, None, :]), pixels.new_tensor(-1.0))
+    return pixels + offsets[:, None, :]
+
+
+def sample_packed(canvas: torch.Tensor, layout: LevelLayout, locations: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of every level at normalised locations.
+
+    canvas: [Nb*M, d, Hc, Wc] from `pack_levels`.
+    locations: [Nb, Q, M, L, P, 2] normalised (u, v) per level (zero padding outside [0, 1]).
+    returns [Nb*M, d, Q, L*P].
+    """
+    batch, num_queries, num_heads, num_levels, num_points, _ = locations.shape
+    canvas_xy = _canvas_pixels(layout, locations)
+    scale = torch.tensor([2.0 / (layout.canvas_width - 1), 2.0 / (layout.canvas_height - 1)],
+                         dtype=locations.dtype, device=locations.device)
+    grid = canvas_xy * scale - 1
+    grid = grid.permute(0, 2, 1, 3, 4, 5).reshape(batch * num_heads, num_queries,
+                                                  num_levels * num_points, 2)
+    return F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 def bilinear_rows(layout: LevelLayout, locations: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The four canvas rows and bilinear weights of every sample ('gather' sampling).
@@ -139,12 +140,7 @@ def bilinear_rows(layout: LevelLayout, locations: torch.Tensor
     """
     batch, _, num_heads = locations.shape[:3]
     height, width = layout.canvas_height, layout.canvas_width
-    sizes = layout.sizes(locations)  # [L, 2] (W, H)
-    offsets = torch.tensor([[x + 1, 1] for x in layout.x_offsets], dtype=locations.dtype,
-                           device=locations.device)
-    pixels = locations * sizes[:, None, :] - 0.5
-    pixels = torch.maximum(torch.minimum(pixels, sizes[:, None, :]), pixels.new_tensor(-1.0))
-    x, y = (pixels + offsets[:, None, :]).flatten(3, 4).unbind(-1)  # [Nb, Q, M, LP] canvas px
+    x, y = _canvas_pixels(layout, locations).flatten(3, 4).unbind(-1)  # [Nb, Q, M, LP]
     # The clamps keep x0 + 1 and y0 + 1 inside the canvas; a sample on the last column or row
     # then has fraction 1, the same value.
     # (A NaN location gets corner 0 and NaN weights, so a NaN output, as with grid_sample,

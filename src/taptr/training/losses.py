@@ -25,6 +25,9 @@ VISIBLE_CHANNEL = 1
 OCCLUDED_CHANNEL = 2
 
 
+LOSS_LAYERS = ("all", "last")  # which decoder layers' positions are supervised
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the loss terms and focal-loss parameters (official values): `location`
@@ -39,7 +42,7 @@ class LossWeights:
     layers: str = "all"
 
     def __post_init__(self) -> None:
-        if self.layers not in ("all", "last"):
+        if self.layers not in LOSS_LAYERS:
             raise ValueError(f"layers must be 'all' or 'last', got {self.layers!r}")
     visibility: float = 1.0
     focal_alpha: float = 0.25

@@ -46,7 +46,7 @@ from taptr.text import count
 from taptr.training import checkpoint as ckpt
 from taptr.training.data import batch_stream
 from taptr.training.ema import ModelEma
-from taptr.training.losses import LossWeights, loss_part_names, tracking_loss
+from taptr.training.losses import LOSS_LAYERS, LossWeights, loss_part_names, tracking_loss
 from taptr.training.optim import OPTIMIZERS, LrSchedule, build_optimizer, build_scheduler
 from taptr.training.run_log import CsvLog, TensorBoardLog
 from taptr.training.validation import METRIC_KEYS, evaluate_samples
@@ -165,7 +165,7 @@ class TrainConfig:
         if self.clip_size is not None and min(self.clip_size) < 16:
             raise TaptrError(f"clip_size is too small: {self.clip_size}")
         LrSchedule(kind=self.schedule)  # raises on an unknown schedule
-        if self.loss_layers not in ("all", "last"):
+        if self.loss_layers not in LOSS_LAYERS:
             raise TaptrError(f"loss_layers must be 'all' or 'last', got {self.loss_layers!r}")
         if self.optimizer not in OPTIMIZERS:
             raise TaptrError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
@@ -355,7 +355,12 @@ class Trainer:
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise TaptrError(f"{self.out / 'last.pt'} has an unknown format "
                              f"{checkpoint.get('format')!r}")
-        saved = checkpoint["train_config"]
+        # A run saved before a setting existed trained with that setting's default.
+        saved = {**TrainConfig().to_dict(), **checkpoint["train_config"]}
+        if saved["optimizer"] != self.config.optimizer:
+            raise TaptrError(f"cannot resume: the run trained with optimizer "
+                             f"{saved['optimizer']!r}, not {self.config.optimizer!r}; start a "
+                             "new run with --init-weights")
         fixed = config_differences(saved, self.config.to_dict(), FIXED_ON_RESUME)
         if fixed:
             raise TaptrError("cannot resume with different " + "; ".join(fixed))
@@ -390,10 +395,6 @@ class Trainer:
     def _restore(self, checkpoint: dict) -> None:
         load_state_strict(self.model, checkpoint["model"])
         self.ema.load_state_dict(checkpoint["ema"])
-        saved = checkpoint.get("train_config", {}).get("optimizer", "adamw")
-        if saved != self.config.optimizer:
-            raise TaptrError(f"cannot resume: the run trained with optimizer {saved!r}, not "
-                             f"{self.config.optimizer!r}; start a new run with --init-weights")
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError as error:
