@@ -27,8 +27,8 @@ from taptr.training.batch import make_batch
 from taptr.training.data import batch_stream
 from taptr.distributed import DistributedContext
 from taptr.training.ema import ModelEma
-from taptr.training.losses import (LossWeights, masked_l1, sigmoid_focal_loss, tracking_loss,
-                                   tracking_mask, visibility_focal_loss)
+from taptr.training.losses import (LossWeights, masked_l1, sigmoid_focal_loss, tracked_targets,
+                                   tracking_loss, tracking_mask, visibility_focal_loss)
 from taptr.training.optim import LrSchedule, parameter_groups
 from taptr.training.pretrained import (DEEP_SORT_MEMBER, load_backbone_weights,
                                        mobilenet_v2_to_torchvision, read_state_dict,
@@ -153,6 +153,33 @@ def test_tracking_loss_weights_every_layer_and_masks_points_outside_the_frame():
                                 LossWeights(layers="last"))
     assert last.item() == pytest.approx(5 * 0.3 / 4 + vis)
     assert parts["loc_0"].item() == pytest.approx(3 * 0.1 / 4)  # still reported
+
+
+def test_tracked_visibility_target_calls_lost_points_occluded():
+    """--visibility-target-px: a visible point whose last-layer position is farther than the
+    threshold gets the occluded target; occluded points stay occluded; no gradient flows
+    through the target."""
+    tracks = torch.zeros(1, 1, 4, 2)
+    positions = torch.tensor([[[[0.01, 0.0], [0.2, 0.0], [0.0, 0.0], [0.0, 0.05]]]],
+                             requires_grad=True)
+    visible = torch.tensor([[[True, True, False, True]]])
+    targets = tracked_targets(positions, tracks, visible, threshold=0.04)
+    assert targets.tolist() == [[[True, False, False, False]]]
+    assert not targets.requires_grad
+    B, T, N, L = 1, 2, 2, 1
+    tracks = torch.full((B, T, N, 2), 0.5)
+    batch = {"tracks": tracks, "visible": torch.ones(B, T, N, dtype=torch.bool),
+             "query_frames": torch.zeros(B, N, dtype=torch.int64),
+             "valid": torch.ones(B, N, dtype=torch.bool)}
+    positions = tracks.expand(L, -1, -1, -1, -1).clone()
+    positions[0, 0, 1, 1, 0] += 0.3  # point 1 lost on frame 1
+    vis_logits = torch.tensor([-4.0, 4.0, -4.0]).expand(L, B, T, N, 3)  # visible everywhere
+    outputs = fake_outputs(positions, positions, vis_logits)
+    _, official = tracking_loss(outputs, batch)
+    _, tracked = tracking_loss(outputs, batch, tracked_threshold=0.1)
+    assert tracked["vis"] > official["vis"] * 10  # the lost point's "visible" is now wrong
+    _, loose = tracking_loss(outputs, batch, tracked_threshold=0.5)
+    assert loose["vis"].item() == pytest.approx(official["vis"].item())
 
 
 # ---------------------------------------------------------------------------- batching

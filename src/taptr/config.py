@@ -74,6 +74,11 @@ class ModelConfig:
     # where the point is visible, template = normalise((1 - w) initial + w recent), the recent
     # one read at its position in the window's last frame (0: the query frame's template only).
     correlation_template_update: float = 0.0
+    # Neighbour motion correction (models/motion_correction.py): a point whose motion from one
+    # frame to the next departs by more than this many input pixels from the median motion of
+    # its `motion_correction_neighbours` nearest points is moved by that median instead (0: off).
+    motion_correction_px: float = 0.0
+    motion_correction_neighbours: int = 8
     # "detr": the official initialisation; "tracking": ours, under which the untrained model
     # already tracks (taptr.models.init_tracking).
     initialisation: str = "detr"
@@ -99,6 +104,9 @@ class ModelConfig:
             raise TaptrError("correlation_template_update must be in [0, 1]")
         if self.correlation_radius < 1 or self.correlation_pixel_radius < 1:
             raise TaptrError("correlation_radius and correlation_pixel_radius must be at least 1")
+        if self.motion_correction_px < 0 or self.motion_correction_neighbours < 1:
+            raise TaptrError("motion_correction_px must not be negative and "
+                             "motion_correction_neighbours must be at least 1")
         if self.initialisation not in ("detr", "tracking"):
             raise TaptrError("initialisation must be 'detr' or 'tracking'")
         if not 0.0 <= self.window_update_dropout < 1.0:
@@ -160,6 +168,7 @@ def _small() -> ModelConfig:
         correlation_patch=4,
         correlation_pixel_radius=10,
         correlation_template_update=0.25,
+        motion_correction_px=16.0,
         initialisation="tracking",
     )
 
@@ -172,7 +181,7 @@ def _tiny() -> ModelConfig:
                             decoder_layers=2, encoder_points=2, decoder_points=2,
                             input_size=(64, 96), correlation_stages=(), correlation_radius=3,
                             correlation_patch=0, correlation_pixel_radius=3,
-                            correlation_template_update=0.0,
+                            correlation_template_update=0.0, motion_correction_px=0.0,
                             initialisation="detr")
 
 

@@ -52,6 +52,11 @@ _SETTINGS = (
      "weight of every decoder layer's APU-position L1 (official 5)"),
     ("--visibility-loss-weight", "visibility_loss_weight", float,
      "weight of the visibility focal loss (official 1)"),
+    ("--visibility-target-px", "visibility_target_px", float,
+     "ours: train visibility as 'visible and tracked within this many input pixels' "
+     "(0: the official occlusion target)"),
+    ("--focal-alpha", "focal_alpha", float,
+     "weight of the visible class in the visibility focal loss (official 0.25)"),
     ("--loss-layers", "loss_layers", str,
      "decoder layers whose positions are supervised: all (official) or last"),
     ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),

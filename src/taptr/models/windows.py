@@ -19,6 +19,7 @@ import torch
 
 from taptr.models.common import inverse_sigmoid
 from taptr.models.deformable_attention import LevelLayout
+from taptr.models.motion_correction import correct_jumps
 from taptr.text import count
 
 
@@ -328,6 +329,7 @@ class TrackStream:
         states = self.model.decode_window(window, self.point_chunk)
         if states is None:  # no point is updated in this window
             return
+        states = self._correct_jumps(states, start)
         self.frames[first:last] = states
         tail = states[-1]
         if self.queries.initial_templates is not None and end - 1 in self.correlation_maps:
@@ -339,6 +341,22 @@ class TrackStream:
             index = self._state_index(frame)
             self.frames[index] = self.model.propagate(tail, self.frames[index], with_content)
         self.future = self.model.propagate(tail, self.future, with_content)
+
+    def _correct_jumps(self, states: list[FrameState], start: int) -> list[FrameState]:
+        """Ours: the neighbour motion correction (models/motion_correction.py) of a window's
+        decoded frames; the identity when the config turns it off."""
+        config = self.model.config
+        if config.motion_correction_px <= 0:
+            return states
+        held = start - 1 - self.first_buffered
+        previous = (self.frames[held].position_logits if 0 <= held < len(self.frames)
+                    else None)
+        height, width = config.input_size
+        logits = correct_jumps([s.position_logits for s in states], previous, start,
+                               self.queries.frames, config.motion_correction_px,
+                               config.motion_correction_neighbours, (width - 1, height - 1))
+        return [FrameState(new, s.apu_logits, s.vis_logits, s.content)
+                for new, s in zip(logits, states)]
 
     def _emit(self, ready: int) -> TrackChunk | None:
         if ready <= self.emitted:

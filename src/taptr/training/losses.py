@@ -7,6 +7,11 @@
 * Visibility: sigmoid focal loss (alpha 0.25, gamma 2) on the last layer's 3 logits against a
   one-hot target (channel 1 visible, channel 2 occluded, channel 0 always negative), masked by
   U only; sum over the mask and the 3 channels / (mask count + 1).
+* Ours, optional (`tracked_threshold` > 0): the visibility target becomes "visible and the last
+  layer's position lies within `tracked_threshold` of the ground truth", so a point the model
+  has lost is taught to be called occluded, which is what Average Jaccard rewards (a visible
+  point predicted far off counts as a false positive and a false negative; called occluded it
+  is a false negative only). TAPIR's uncertainty head learns the same event.
 
 Counts run over the whole batch (the official code trains with B = 1 per process, where this is
 the same thing). Losses are computed in float32 whatever the autocast dtype of the network.
@@ -121,8 +126,21 @@ def visibility_focal_loss(logits: torch.Tensor, visible: torch.Tensor, mask: tor
     return per_entry.sum() / (mask.sum() + 1)
 
 
+def tracked_targets(positions: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor,
+                    threshold: float) -> torch.Tensor:
+    """Ours: the AJ-aligned visibility target, visible and tracked.
+
+    positions, tracks [..., 2] (model units), visible [...] bool, threshold (model units) ->
+    [...] bool: visible and |positions - tracks| (Euclidean) < threshold. No gradient flows
+    through it.
+    """
+    distance = (positions.detach().float() - tracks.float()).norm(dim=-1)
+    return visible & (distance < threshold)
+
+
 def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights = LossWeights(),
-                  location_cap: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  location_cap: float = 0.0, tracked_threshold: float = 0.0
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total training loss and its parts.
 
     outputs: the network's `TrackOutput` with `return_layers=True`: `layer_positions` and
@@ -133,6 +151,8 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
     this many model units, so points the model has lost give no gradient and the loss rewards
     precision on the ones it tracks (docs/training.md, "Fine-tuning a model that already
     tracks").
+    tracked_threshold (ours; 0 = the official occlusion target): the visibility target is
+    `tracked_targets` of the last layer's positions at this distance in model units.
     Returns (total, parts): total is a scalar with gradient; parts holds detached unweighted
     scalars named by `loss_part_names` (`loc`/`apu` are the sums over the supervised layers:
     all, or the last with `weights.layers == "last"`).
@@ -147,6 +167,8 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
                       for layer in outputs.layer_positions]
     apu_terms = [masked_l1(layer, tracks, location_mask, cap)
                  for layer in outputs.layer_apu_positions]
+    if tracked_threshold > 0:
+        visible = tracked_targets(outputs.layer_positions[-1], tracks, visible, tracked_threshold)
     visibility = visibility_focal_loss(
         outputs.layer_vis_logits[-1], visible, update_mask, weights.focal_alpha, weights.focal_gamma
     )

@@ -90,6 +90,10 @@ class TrainConfig:
     # loss); ours to change when fine-tuning (docs/training.md).
     apu_loss_weight: float = 5.0
     visibility_loss_weight: float = 1.0
+    # Ours: the visibility target is "visible and the last layer's position within this many
+    # input pixels" (0: the official occlusion target; `tracking_loss`'s tracked_threshold).
+    visibility_target_px: float = 0.0
+    focal_alpha: float = 0.25  # weight of the positive (visible) class in the focal loss
     loss_layers: str = "all"  # 'all' decoder layers' positions supervised (official) or 'last'
     weight_decay: float = 1e-4
     optimizer: str = "adamw"  # 'adamw' (official) or 'sgd' (ours: Nesterov momentum 0.9)
@@ -143,7 +147,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise TaptrError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "lr_backbone", "weight_decay", "grad_clip", "warmup_steps",
-                     "apu_loss_weight", "visibility_loss_weight",
+                     "apu_loss_weight", "visibility_loss_weight", "visibility_target_px",
                      "eval_every", "workers", "max_minutes", "curriculum_steps"):
             if getattr(self, name) < 0:
                 raise TaptrError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -165,6 +169,8 @@ class TrainConfig:
         if self.clip_size is not None and min(self.clip_size) < 16:
             raise TaptrError(f"clip_size is too small: {self.clip_size}")
         LrSchedule(kind=self.schedule)  # raises on an unknown schedule
+        if not 0 < self.focal_alpha < 1:
+            raise TaptrError(f"focal_alpha must lie in (0, 1), got {self.focal_alpha}")
         if self.loss_layers not in LOSS_LAYERS:
             raise TaptrError(f"loss_layers must be 'all' or 'last', got {self.loss_layers!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -277,8 +283,11 @@ class Trainer:
                        if self.autocast_dtype == torch.float16 else None)
         self.loss_weights = LossWeights(apu=config.apu_loss_weight,
                                         visibility=config.visibility_loss_weight,
-                                        layers=config.loss_layers)
-        self.location_cap = config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1)
+                                        layers=config.loss_layers,
+                                        focal_alpha=config.focal_alpha)
+        pixel = 1 / max(max(self.model_config.input_size) - 1, 1)  # one input pixel, model units
+        self.location_cap = config.loss_cap_px * pixel
+        self.tracked_threshold = config.visibility_target_px * pixel
 
         self.clip_source = clip_source
         self.eval_samples = eval_samples
@@ -509,7 +518,8 @@ class Trainer:
             with autocast(self.device, self.autocast_dtype):
                 output = self.ddp_model(batch["video"], batch["query_points"],
                                         batch["query_frames"], return_layers=True)
-            loss, parts = tracking_loss(output, batch, self.loss_weights, self.location_cap)
+            loss, parts = tracking_loss(output, batch, self.loss_weights, self.location_cap,
+                                        self.tracked_threshold)
             scaled = loss / self.config.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         sums["loss"] = sums.get("loss", 0.0) + loss.detach()

@@ -1,0 +1,107 @@
+"""Neighbour motion correction (ours, not in the paper): a point whose motion from one frame to
+the next departs from its neighbours' by more than a threshold has jumped onto something else;
+its position in that frame is replaced by where its neighbours' motion takes it.
+
+Why: most of what the small model gets wrong are points it has lost, and a point is mostly lost
+by one jump (onto a similar texture, or onto an occluder while its surface is hidden). Real
+scenes move smoothly in space: the points around a tracked point move with it (a camera pan, a
+rigid object, a deforming surface), a lost point jumps away from them. The correction runs in
+the window loop (`TrackStream`), on each window's decoded frames in order before they are
+stored and carried to the next window, so the next window starts from the corrected position
+and the decoder (with our correlation update, which keeps the query's template) can lock on
+to the point again. It is causal, keeps no state beyond the stream's own, and needs no
+training.
+
+For frame t and every point updated at t and tracked at t - 1 (its query frame is before t):
+motion m_i = p_i(t) - p_i(t - 1) in input pixels of the network; its K nearest neighbours by
+position at t - 1 among those points; their coordinate-wise median motion m_med and their
+spread s = median_j |m_j - m_med|. When |m_i - m_med| - s is above the threshold, p_i(t)
+becomes p_i(t - 1) + m_med (every decoder layer's position; its visibility stays the
+model's). The spread keeps points at the edge of a moving object, whose neighbours move two
+ways, from being pulled onto the background. The correction needs K + 1 points tracked in a
+frame; with fewer it does nothing. docs/tracking.md, "Neighbour motion correction", has the
+measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from taptr.models.common import inverse_sigmoid
+
+_ROW_BLOCK = 1024  # distance rows computed at once (bounds memory at many points)
+_EDGE = 1e-4  # corrected positions are kept inside (0, 1) in model coordinates
+
+
+def neighbour_motion(previous: torch.Tensor, current: torch.Tensor, checked: torch.Tensor,
+                     neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each point's motion departs from its neighbours', beyond their own spread.
+
+    previous, current: [N, 2] positions (any unit; the results have the same one); checked:
+    [N] bool, the points that take part (tracked at both frames). Returns (excess [N],
+    median [N, 2]): for checked points, the coordinate-wise median motion m_med of the
+    `neighbours` checked points nearest to each at `previous` (motion = current - previous),
+    and |m_i - m_med| - spread, where spread is the median of |m_j - m_med| over those
+    neighbours (neighbours that disagree, as across the edge of a moving object, raise the bar);
+    0 elsewhere, and 0 everywhere when fewer than neighbours + 1 points are checked.
+    """
+    count = previous.shape[0]
+    excess = torch.zeros(count, dtype=torch.float32, device=previous.device)
+    median = torch.zeros(count, 2, dtype=torch.float32, device=previous.device)
+    index = checked.nonzero().flatten()
+    if index.numel() < neighbours + 1:
+        return excess, median
+    start = previous[index].float()
+    motion = current[index].float() - start
+    excesses, medians = [], []
+    for first in range(0, index.numel(), _ROW_BLOCK):
+        rows = slice(first, first + _ROW_BLOCK)
+        distance = torch.cdist(start[rows], start)
+        own = torch.arange(distance.shape[0], device=distance.device)
+        distance[own, own + first] = float("inf")  # a point is not its own neighbour
+        nearest = distance.topk(neighbours, dim=1, largest=False).indices  # [n, K]
+        block_median = motion[nearest].median(dim=1).values
+        spread = (motion[nearest] - block_median[:, None]).norm(dim=-1).median(dim=1).values
+        excesses.append((motion[rows] - block_median).norm(dim=-1) - spread)
+        medians.append(block_median)
+    excess[index] = torch.cat(excesses)
+    median[index] = torch.cat(medians)
+    return excess, median
+
+
+def correct_jumps(position_logits: list[torch.Tensor], previous: torch.Tensor | None,
+                  first_frame: int, query_frames: torch.Tensor, threshold_px: float,
+                  neighbours: int, pixel_scale: tuple[float, float]) -> list[torch.Tensor]:
+    """Apply the neighbour motion correction to a window's frames, oldest first.
+
+    position_logits: per frame [Ld, B, N, 4] (every decoder layer's position, logit space) of
+    frames first_frame, first_frame + 1, ...; previous: the same for frame first_frame - 1
+    (None when no longer held: the first frame is then not checked); query_frames: [B, N];
+    threshold_px: in input pixels; pixel_scale: (W_in - 1, H_in - 1), input pixels per model
+    unit. Returns the corrected logits per frame (new tensors where a point was corrected, the
+    given ones elsewhere). The correction is a decision, not a differentiable function: a
+    corrected position carries no gradient.
+    """
+    scale = torch.tensor(pixel_scale, dtype=torch.float32, device=query_frames.device)
+
+    def pixels(logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits[-1, ..., :2].detach().float()) * scale  # [B, N, 2]
+
+    corrected = []
+    for offset, logits in enumerate(position_logits):
+        if previous is not None:
+            before, now = pixels(previous), pixels(logits)
+            checked = query_frames < first_frame + offset
+            for item in range(now.shape[0]):
+                excess, median = neighbour_motion(before[item], now[item], checked[item],
+                                                  neighbours)
+                jumped = excess > threshold_px
+                if bool(jumped.any()):
+                    moved = ((before[item] + median) / scale).clamp(_EDGE, 1 - _EDGE)
+                    replacement = inverse_sigmoid(moved).to(logits.dtype)  # [N, 2]
+                    logits = logits.clone()
+                    logits[:, item, :, :2] = torch.where(jumped[None, :, None],
+                                                         replacement[None], logits[:, item, :, :2])
+        corrected.append(logits)
+        previous = logits
+    return corrected

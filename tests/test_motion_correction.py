@@ -1,0 +1,132 @@
+"""The neighbour motion correction (ours; taptr.models.motion_correction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from taptr import Tracker
+from taptr.config import get_preset
+from taptr.errors import TaptrError
+from taptr.models import build_model
+from taptr.models.common import inverse_sigmoid
+from taptr.models.motion_correction import correct_jumps, neighbour_motion
+from tracking_helpers import moving_square_frames
+
+
+def grid(rows: int, cols: int, spacing: float = 10.0) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(rows) * spacing, torch.arange(cols) * spacing,
+                            indexing="ij")
+    return torch.stack((xs.flatten(), ys.flatten()), -1).float() + 50
+
+
+def test_a_point_that_leaves_its_neighbours_stands_out():
+    before = grid(3, 4)
+    after = before + torch.tensor([2.0, 1.0])
+    after[5] += torch.tensor([30.0, 0.0])
+    checked = torch.ones(12, dtype=torch.bool)
+    excess, median = neighbour_motion(before, after, checked, neighbours=8)
+    assert excess[5] == pytest.approx(30.0)
+    assert torch.allclose(median[5], torch.tensor([2.0, 1.0]))
+    others = torch.arange(12) != 5
+    assert excess[others].abs().max() < 1e-5  # one jumper does not move its neighbours' median
+
+
+def test_too_few_points_or_unchecked_points_are_left_alone():
+    before = grid(3, 3)
+    after = before.clone()
+    after[0] += 40
+    excess, _ = neighbour_motion(before, after, torch.ones(9, dtype=torch.bool), neighbours=8)
+    assert excess[0] > 30  # nine points: enough for eight neighbours
+    checked = torch.ones(9, dtype=torch.bool)
+    checked[8] = False
+    excess, median = neighbour_motion(before, after, checked, neighbours=8)
+    assert excess.abs().sum() == 0 and median.abs().sum() == 0
+
+
+def test_neighbours_that_disagree_raise_the_bar():
+    """The centre of a 3x3 grid moves 20 px while its eight neighbours scatter by about 11 px
+    around a median of 0: the excess over their spread is 20 - 11.3; with still neighbours
+    it is the full 20."""
+    before = grid(3, 3)
+    scatter = torch.tensor([[-8, -8], [0, -12], [8, -8], [-12, 0], [12, 0], [-8, 8], [0, 12],
+                            [8, 8]], dtype=torch.float32)
+    after = before.clone()
+    after[[0, 1, 2, 3, 5, 6, 7, 8]] += scatter
+    after[4] += torch.tensor([20.0, 0.0])
+    checked = torch.ones(9, dtype=torch.bool)
+    excess, _ = neighbour_motion(before, after, checked, neighbours=8)
+    assert excess[4] == pytest.approx(20 - 8 * 2 ** 0.5, abs=1e-4)
+    coherent = before.clone()
+    coherent[4] += torch.tensor([20.0, 0.0])
+    excess, _ = neighbour_motion(before, coherent, checked, neighbours=8)
+    assert excess[4] == pytest.approx(20.0)
+
+
+def as_logits(pixels: torch.Tensor, scale: float, layers: int = 2) -> torch.Tensor:
+    """[N, 2] input pixels -> [Ld, 1, N, 4] position logits."""
+    unit = pixels / scale
+    logits = torch.cat((inverse_sigmoid(unit), torch.zeros_like(unit)), -1)
+    return logits[None, None].expand(layers, 1, -1, -1).clone()
+
+
+def to_pixels(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.sigmoid(logits[..., :2]) * scale
+
+
+def test_a_jump_is_replaced_by_the_neighbours_motion_in_every_layer():
+    scale = 255.0
+    start = grid(3, 4)
+    step = torch.tensor([1.5, -0.5])
+    frames = [start + step * t for t in range(4)]
+    frames[2] = frames[2].clone()
+    frames[3] = frames[3].clone()
+    frames[2][0] += torch.tensor([40.0, 10.0])  # point 0 jumps at frame 2 and stays off
+    frames[3][0] += torch.tensor([40.0, 10.0])
+    frames[2][11] += torch.tensor([40.0, 10.0])  # point 11's query frame is 2: not checked
+    logits = [as_logits(f, scale) for f in frames]
+    query_frames = torch.zeros(1, 12, dtype=torch.long)
+    query_frames[0, 11] = 2
+    corrected = correct_jumps(logits[1:], logits[0], 1, query_frames, 16.0, 8, (scale, scale))
+    out = [to_pixels(c, scale) for c in corrected]  # frames 1, 2, 3
+    expected = start + step * torch.arange(1, 4)[:, None, None].float()
+    for layer in range(2):
+        assert torch.allclose(out[1][layer, 0, 0], expected[1, 0], atol=1e-3)
+        assert torch.allclose(out[2][layer, 0, 0], expected[2, 0], atol=1e-3)  # followed on
+    assert torch.allclose(out[1][0, 0, 11], frames[2][11], atol=1e-3)
+    assert torch.equal(corrected[0], logits[1])  # nothing jumped at frame 1: the same tensor
+    untouched = correct_jumps(logits[1:], logits[0], 1, query_frames, 100.0, 8, (scale, scale))
+    assert all(torch.equal(a, b) for a, b in zip(untouched, logits[1:]))
+
+
+def test_without_the_previous_frame_the_first_frame_is_not_checked():
+    scale = 255.0
+    frames = [grid(3, 4), grid(3, 4)]
+    frames[0][0] += 60  # would be a jump relative to anything before it
+    logits = [as_logits(f, scale) for f in frames]
+    corrected = correct_jumps(logits, None, 0, torch.full((1, 12), -1), 16.0, 8, (scale, scale))
+    assert torch.equal(corrected[0], logits[0])
+    # Frame 1 is checked against frame 0: point 0 comes back 60 px, its neighbours stand still.
+    assert not torch.equal(corrected[1], logits[1])
+
+
+def test_the_correction_is_a_config_setting_that_streams_and_validates():
+    assert get_preset("small").motion_correction_px == 16.0
+    assert get_preset("taptrv2").motion_correction_px == 0.0  # the paper's model is unchanged
+    with pytest.raises(TaptrError, match="motion_correction_px"):
+        get_preset("tiny").replace(motion_correction_px=-1.0)
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny"))
+    frames = moving_square_frames(14, 64, 96)
+    xs, ys = np.meshgrid(np.linspace(10, 80, 4), np.linspace(10, 50, 3))
+    queries = np.stack([np.zeros(12), xs.ravel(), ys.ravel()], 1).astype(np.float32)
+    plain = Tracker(model).track(frames, queries=queries, progress=False)
+    model.config.motion_correction_px = 1e6  # on, but nothing is a jump
+    loose = Tracker(model).track(frames, queries=queries, progress=False)
+    np.testing.assert_array_equal(np.asarray(plain.tracks), np.asarray(loose.tracks))
+    model.config.motion_correction_px = 1e-3  # every deviation is a jump: points move together
+    strict = Tracker(model).track(frames, queries=queries, progress=False)
+    motion = np.diff(np.asarray(strict.tracks), axis=1)  # [N, T - 1, 2]
+    assert np.isfinite(motion).all()
+    assert not np.array_equal(np.asarray(strict.tracks), np.asarray(plain.tracks))
