@@ -86,18 +86,51 @@ def test_a_jump_is_replaced_by_the_neighbours_motion_in_every_layer():
     frames[3][0] += torch.tensor([40.0, 10.0])
     frames[2][11] += torch.tensor([40.0, 10.0])  # point 11's query frame is 2: not checked
     logits = [as_logits(f, scale) for f in frames]
+    apu = [a + 0.5 for a in logits]  # APU positions, somewhere else
     query_frames = torch.zeros(1, 12, dtype=torch.long)
     query_frames[0, 11] = 2
-    corrected = correct_jumps(logits[1:], logits[0], 1, query_frames, 16.0, 8, (scale, scale))
+    corrected, corrected_apu = correct_jumps(logits[1:], apu[1:], logits[0], 1, query_frames,
+                                             16.0, 8, (scale, scale))
     out = [to_pixels(c, scale) for c in corrected]  # frames 1, 2, 3
+    out_apu = [to_pixels(c, scale) for c in corrected_apu]
     expected = start + step * torch.arange(1, 4)[:, None, None].float()
     for layer in range(2):
         assert torch.allclose(out[1][layer, 0, 0], expected[1, 0], atol=1e-3)
         assert torch.allclose(out[2][layer, 0, 0], expected[2, 0], atol=1e-3)  # followed on
+        assert torch.allclose(out_apu[1][layer, 0, 0], expected[1, 0], atol=1e-3)
+    assert torch.equal(corrected_apu[1][:, :, 1:], apu[2][:, :, 1:])  # the others keep theirs
     assert torch.allclose(out[1][0, 0, 11], frames[2][11], atol=1e-3)
     assert torch.equal(corrected[0], logits[1])  # nothing jumped at frame 1: the same tensor
-    untouched = correct_jumps(logits[1:], logits[0], 1, query_frames, 100.0, 8, (scale, scale))
+    untouched, _ = correct_jumps(logits[1:], apu[1:], logits[0], 1, query_frames, 100.0, 8,
+                                 (scale, scale))
     assert all(torch.equal(a, b) for a, b in zip(untouched, logits[1:]))
+
+
+def test_a_corrected_position_carries_no_gradient_and_the_others_keep_theirs():
+    scale = 255.0
+    before = as_logits(grid(3, 4), scale, layers=1)
+    moved = grid(3, 4) + 1.0
+    moved[3] += 50
+    now = as_logits(moved, scale, layers=1).requires_grad_(True)
+    corrected, _ = correct_jumps([now], [now.detach()], before, 1, torch.zeros(1, 12).long(),
+                                 16.0, 8, (scale, scale))
+    corrected[0][..., :2].sum().backward()
+    assert now.grad[0, 0, 3, :2].abs().sum() == 0
+    assert (now.grad[0, 0, torch.arange(12) != 3, :2] == 1).all()
+
+
+def test_many_points_in_blocks_equal_one_block(monkeypatch):
+    import taptr.models.motion_correction as module
+
+    torch.manual_seed(0)
+    before = torch.rand(50, 2) * 200
+    after = before + torch.randn(50, 2) * 3
+    after[7] += 60
+    checked = torch.rand(50) > 0.1
+    whole = neighbour_motion(before, after, checked, neighbours=8)
+    monkeypatch.setattr(module, "_ROW_BLOCK", 7)
+    blocks = neighbour_motion(before, after, checked, neighbours=8)
+    assert all(torch.allclose(a, b) for a, b in zip(whole, blocks))
 
 
 def test_without_the_previous_frame_the_first_frame_is_not_checked():
@@ -105,7 +138,8 @@ def test_without_the_previous_frame_the_first_frame_is_not_checked():
     frames = [grid(3, 4), grid(3, 4)]
     frames[0][0] += 60  # would be a jump relative to anything before it
     logits = [as_logits(f, scale) for f in frames]
-    corrected = correct_jumps(logits, None, 0, torch.full((1, 12), -1), 16.0, 8, (scale, scale))
+    corrected, _ = correct_jumps(logits, logits, None, 0, torch.full((1, 12), -1), 16.0, 8,
+                                 (scale, scale))
     assert torch.equal(corrected[0], logits[0])
     # Frame 1 is checked against frame 0: point 0 comes back 60 px, its neighbours stand still.
     assert not torch.equal(corrected[1], logits[1])
@@ -130,3 +164,39 @@ def test_the_correction_is_a_config_setting_that_streams_and_validates():
     motion = np.diff(np.asarray(strict.tracks), axis=1)  # [N, T - 1, 2]
     assert np.isfinite(motion).all()
     assert not np.array_equal(np.asarray(strict.tracks), np.asarray(plain.tracks))
+
+
+def test_every_frame_is_checked_offline_as_online(monkeypatch):
+    """Frames before a window's first frame are freed once final; the stream keeps the last one
+    so the correction checks every frame. Offline (length known) and online (unknown) give the
+    same tracks except in the last window, as without the correction."""
+    import taptr.models.windows as windows
+
+    checked_frames = []
+    original = windows.correct_jumps
+
+    def spy(positions, apu, previous, first_frame, *args):
+        if previous is not None:
+            checked_frames.append(first_frame)
+        return original(positions, apu, previous, first_frame, *args)
+
+    monkeypatch.setattr(windows, "correct_jumps", spy)
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny").replace(motion_correction_px=0.5)).eval()
+    tracker = Tracker(model)
+    frames = moving_square_frames(21, 64, 96)
+    xs, ys = np.meshgrid(np.linspace(10, 80, 4), np.linspace(10, 50, 3))
+    queries = np.stack([np.zeros(12), xs.ravel(), ys.ravel()], 1).astype(np.float32)
+    offline = tracker.track(frames, queries=queries, progress=False)
+    # Windows start at 0, 4, 8, 12 and 13 (the last one aligned to the end of 21 frames).
+    assert checked_frames == [4, 8, 12, 13]
+    stream = tracker.stream(queries)
+    updates = [stream.push(frame) for frame in frames] + [stream.finish()]
+    online = np.full((12, len(frames), 2), np.nan, np.float32)
+    for update in updates:
+        if update is not None:
+            online[:, update.frames] = update.tracks
+    last_window = len(frames) - 8
+    np.testing.assert_allclose(online[:, :last_window], np.asarray(offline.tracks)[:, :last_window],
+                               atol=1e-4)
+

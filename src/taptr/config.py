@@ -75,8 +75,9 @@ class ModelConfig:
     # one read at its position in the window's last frame (0: the query frame's template only).
     correlation_template_update: float = 0.0
     # Neighbour motion correction (models/motion_correction.py): a point whose motion from one
-    # frame to the next departs by more than this many input pixels from the median motion of
-    # its `motion_correction_neighbours` nearest points is moved by that median instead (0: off).
+    # frame to the next departs from the median motion of its `motion_correction_neighbours`
+    # nearest points by more than their spread plus this many input pixels is moved by that
+    # median instead (0: off).
     motion_correction_px: float = 0.0
     motion_correction_neighbours: int = 8
     # "detr": the official initialisation; "tracking": ours, under which the untrained model

@@ -9,18 +9,20 @@ rigid object, a deforming surface), a lost point jumps away from them. The corre
 the window loop (`TrackStream`), on each window's decoded frames in order before they are
 stored and carried to the next window, so the next window starts from the corrected position
 and the decoder (with our correlation update, which keeps the query's template) can lock on
-to the point again. It is causal, keeps no state beyond the stream's own, and needs no
-training.
+to the point again. It is causal, keeps one frame of positions beyond what the stream holds, and
+needs no training.
 
 For frame t and every point updated at t and tracked at t - 1 (its query frame is before t):
 motion m_i = p_i(t) - p_i(t - 1) in input pixels of the network; its K nearest neighbours by
 position at t - 1 among those points; their coordinate-wise median motion m_med and their
-spread s = median_j |m_j - m_med|. When |m_i - m_med| - s is above the threshold, p_i(t)
-becomes p_i(t - 1) + m_med (every decoder layer's position; its visibility stays the
-model's). The spread keeps points at the edge of a moving object, whose neighbours move two
-ways, from being pulled onto the background. The correction needs K + 1 points tracked in a
-frame; with fewer it does nothing. docs/tracking.md, "Neighbour motion correction", has the
-measurements behind the defaults.
+spread s = median_j |m_j - m_med| (lower medians: the 4th smallest of 8). When
+|m_i - m_med| - s is above the threshold, p_i(t) becomes p_i(t - 1) + m_med (every decoder
+layer's position and APU position; its visibility stays the model's). The spread keeps points
+at the edge of a moving object, whose neighbours move two ways, from being pulled onto the
+background. The correction needs K + 1 points tracked in a frame; with fewer it does nothing.
+The frame before a window's first frame is kept by the stream for this (`TrackStream`'s
+`last_freed`), so every frame is checked, offline and online alike.
+docs/motion_correction.md has the measurements behind the defaults.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import torch
 from taptr.models.common import inverse_sigmoid
 
 _ROW_BLOCK = 1024  # distance rows computed at once (bounds memory at many points)
-_EDGE = 1e-4  # corrected positions are kept inside (0, 1) in model coordinates
 
 
 def neighbour_motion(previous: torch.Tensor, current: torch.Tensor, checked: torch.Tensor,
@@ -69,26 +70,29 @@ def neighbour_motion(previous: torch.Tensor, current: torch.Tensor, checked: tor
     return excess, median
 
 
-def correct_jumps(position_logits: list[torch.Tensor], previous: torch.Tensor | None,
-                  first_frame: int, query_frames: torch.Tensor, threshold_px: float,
-                  neighbours: int, pixel_scale: tuple[float, float]) -> list[torch.Tensor]:
+def correct_jumps(position_logits: list[torch.Tensor], apu_logits: list[torch.Tensor],
+                  previous: torch.Tensor | None, first_frame: int, query_frames: torch.Tensor,
+                  threshold_px: float, neighbours: int, pixel_scale: tuple[float, float]
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Apply the neighbour motion correction to a window's frames, oldest first.
 
-    position_logits: per frame [Ld, B, N, 4] (every decoder layer's position, logit space) of
-    frames first_frame, first_frame + 1, ...; previous: the same for frame first_frame - 1
-    (None when no longer held: the first frame is then not checked); query_frames: [B, N];
-    threshold_px: in input pixels; pixel_scale: (W_in - 1, H_in - 1), input pixels per model
-    unit. Returns the corrected logits per frame (new tensors where a point was corrected, the
-    given ones elsewhere). The correction is a decision, not a differentiable function: a
-    corrected position carries no gradient.
+    position_logits, apu_logits: per frame [Ld, B, N, 4] (every decoder layer's position and
+    APU position, logit space) of frames first_frame, first_frame + 1, ...; previous: the
+    position logits of frame first_frame - 1 (None when unknown: the first frame is then not
+    checked); query_frames: [B, N]; threshold_px: in input pixels; pixel_scale:
+    (W_in - 1, H_in - 1), input pixels per model unit. Returns the corrected position and APU
+    logits per frame (new tensors where a point was corrected, the given ones elsewhere); a
+    corrected point's (u, v) becomes the same in every layer's position and APU position. The
+    correction is a decision, not a differentiable function: a corrected position carries no
+    gradient.
     """
     scale = torch.tensor(pixel_scale, dtype=torch.float32, device=query_frames.device)
 
     def pixels(logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits[-1, ..., :2].detach().float()) * scale  # [B, N, 2]
 
-    corrected = []
-    for offset, logits in enumerate(position_logits):
+    corrected, corrected_apu = [], []
+    for offset, (logits, apu) in enumerate(zip(position_logits, apu_logits)):
         if previous is not None:
             before, now = pixels(previous), pixels(logits)
             checked = query_frames < first_frame + offset
@@ -97,11 +101,14 @@ def correct_jumps(position_logits: list[torch.Tensor], previous: torch.Tensor | 
                                                   neighbours)
                 jumped = excess > threshold_px
                 if bool(jumped.any()):
-                    moved = ((before[item] + median) / scale).clamp(_EDGE, 1 - _EDGE)
-                    replacement = inverse_sigmoid(moved).to(logits.dtype)  # [N, 2]
-                    logits = logits.clone()
-                    logits[:, item, :, :2] = torch.where(jumped[None, :, None],
-                                                         replacement[None], logits[:, item, :, :2])
+                    # inverse_sigmoid clamps to (0, 1) away from the edges
+                    replacement = inverse_sigmoid((before[item] + median) / scale)  # [N, 2]
+                    logits, apu = logits.clone(), apu.clone()
+                    for target in (logits, apu):
+                        target[:, item, :, :2] = torch.where(
+                            jumped[None, :, None], replacement[None].to(target.dtype),
+                            target[:, item, :, :2])
         corrected.append(logits)
+        corrected_apu.append(apu)
         previous = logits
-    return corrected
+    return corrected, corrected_apu

@@ -142,6 +142,9 @@ class TrackStream:
         self.last_window_end = 0
         self.frames: list[FrameState] = []  # frames [self.emitted - len(self.frames) ..)
         self.first_buffered = 0
+        # Ours: (frame, position logits [Ld, B, N, 4]) of the last freed frame, the "previous
+        # frame" of the neighbour motion correction when a window starts right after it.
+        self.last_freed: tuple[int, torch.Tensor] | None = None
         self.memory: dict[int, torch.Tensor] = {}
         self.correlation_maps: dict[int, list[torch.Tensor]] = {}  # ours, per held frame
         self.layout = None
@@ -186,6 +189,9 @@ class TrackStream:
                              f"stream (oldest frame held: {oldest})")
         new_state = self._initial_state(query_points)
         self.frames = [state.extended(new_state) for state in self.frames]
+        if self.last_freed is not None:
+            frame, logits = self.last_freed
+            self.last_freed = (frame, torch.cat((logits, new_state.position_logits), 2))
         self.future = self.future.extended(new_state)
         count = query_points.shape[1]
 
@@ -349,14 +355,19 @@ class TrackStream:
         if config.motion_correction_px <= 0:
             return states
         held = start - 1 - self.first_buffered
-        previous = (self.frames[held].position_logits if 0 <= held < len(self.frames)
-                    else None)
+        previous = None
+        if 0 <= held < len(self.frames):
+            previous = self.frames[held].position_logits
+        elif self.last_freed is not None and self.last_freed[0] == start - 1:
+            previous = self.last_freed[1]
         height, width = config.input_size
-        logits = correct_jumps([s.position_logits for s in states], previous, start,
-                               self.queries.frames, config.motion_correction_px,
-                               config.motion_correction_neighbours, (width - 1, height - 1))
-        return [FrameState(new, s.apu_logits, s.vis_logits, s.content)
-                for new, s in zip(logits, states)]
+        positions, apu = correct_jumps([s.position_logits for s in states],
+                                       [s.apu_logits for s in states], previous, start,
+                                       self.queries.frames, config.motion_correction_px,
+                                       config.motion_correction_neighbours,
+                                       (width - 1, height - 1))
+        return [FrameState(new, new_apu, s.vis_logits, s.content)
+                for new, new_apu, s in zip(positions, apu, states)]
 
     def _emit(self, ready: int) -> TrackChunk | None:
         if ready <= self.emitted:
@@ -377,6 +388,8 @@ class TrackStream:
         """Free the states and features of frames before `keep_from`."""
         drop = keep_from - self.first_buffered
         if drop > 0:
+            if self.model.config.motion_correction_px > 0:
+                self.last_freed = (keep_from - 1, self.frames[drop - 1].position_logits)
             self.frames = self.frames[drop:]
             self.first_buffered = keep_from
         for frame in [f for f in self.memory if f < keep_from]:

@@ -7,11 +7,12 @@
 * Visibility: sigmoid focal loss (alpha 0.25, gamma 2) on the last layer's 3 logits against a
   one-hot target (channel 1 visible, channel 2 occluded, channel 0 always negative), masked by
   U only; sum over the mask and the 3 channels / (mask count + 1).
-* Ours, optional (`tracked_threshold` > 0): the visibility target becomes "visible and the last
-  layer's position lies within `tracked_threshold` of the ground truth", so a point the model
-  has lost is taught to be called occluded, which is what Average Jaccard rewards (a visible
-  point predicted far off counts as a false positive and a false negative; called occluded it
-  is a false negative only). TAPIR's uncertainty head learns the same event.
+* Ours, optional (`tracked_threshold_px` > 0): the visibility target becomes "visible and the
+  last layer's position lies within `tracked_threshold_px` input pixels of the ground truth",
+  so a point the model has lost is taught to be called occluded, which is what Average
+  Jaccard rewards (a visible point predicted far off counts as a false positive and a false
+  negative; called occluded it is a false negative only). TAPIR's uncertainty head learns the
+  same event.
 
 Counts run over the whole batch (the official code trains with B = 1 per process, where this is
 the same thing). Losses are computed in float32 whatever the autocast dtype of the network.
@@ -127,19 +128,23 @@ def visibility_focal_loss(logits: torch.Tensor, visible: torch.Tensor, mask: tor
 
 
 def tracked_targets(positions: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor,
-                    threshold: float) -> torch.Tensor:
+                    threshold_px: float, pixel_scale: tuple[float, float] = (1.0, 1.0)
+                    ) -> torch.Tensor:
     """Ours: the AJ-aligned visibility target, visible and tracked.
 
-    positions, tracks [..., 2] (model units), visible [...] bool, threshold (model units) ->
-    [...] bool: visible and |positions - tracks| (Euclidean) < threshold. No gradient flows
+    positions, tracks [..., 2] (model units), visible [...] bool, threshold_px (input pixels),
+    pixel_scale (W_in - 1, H_in - 1): input pixels per model unit -> [...] bool: visible and
+    |positions - tracks| (Euclidean, in input pixels) < threshold_px. No gradient flows
     through it.
     """
-    distance = (positions.detach().float() - tracks.float()).norm(dim=-1)
-    return visible & (distance < threshold)
+    scale = torch.tensor(pixel_scale, dtype=torch.float32, device=positions.device)
+    distance = ((positions.detach().float() - tracks.float()) * scale).norm(dim=-1)
+    return visible & (distance < threshold_px)
 
 
 def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights = LossWeights(),
-                  location_cap: float = 0.0, tracked_threshold: float = 0.0
+                  location_cap: float = 0.0, tracked_threshold_px: float = 0.0,
+                  pixel_scale: tuple[float, float] = (1.0, 1.0)
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total training loss and its parts.
 
@@ -151,8 +156,9 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
     this many model units, so points the model has lost give no gradient and the loss rewards
     precision on the ones it tracks (docs/training.md, "Fine-tuning a model that already
     tracks").
-    tracked_threshold (ours; 0 = the official occlusion target): the visibility target is
-    `tracked_targets` of the last layer's positions at this distance in model units.
+    tracked_threshold_px (ours; 0 = the official occlusion target): the visibility target is
+    `tracked_targets` of the last layer's positions at this distance in input pixels
+    (`pixel_scale`: (W_in - 1, H_in - 1)).
     Returns (total, parts): total is a scalar with gradient; parts holds detached unweighted
     scalars named by `loss_part_names` (`loc`/`apu` are the sums over the supervised layers:
     all, or the last with `weights.layers == "last"`).
@@ -167,8 +173,9 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
                       for layer in outputs.layer_positions]
     apu_terms = [masked_l1(layer, tracks, location_mask, cap)
                  for layer in outputs.layer_apu_positions]
-    if tracked_threshold > 0:
-        visible = tracked_targets(outputs.layer_positions[-1], tracks, visible, tracked_threshold)
+    if tracked_threshold_px > 0:
+        visible = tracked_targets(outputs.layer_positions[-1], tracks, visible,
+                                  tracked_threshold_px, pixel_scale)
     visibility = visibility_focal_loss(
         outputs.layer_vis_logits[-1], visible, update_mask, weights.focal_alpha, weights.focal_gamma
     )

@@ -91,7 +91,7 @@ class TrainConfig:
     apu_loss_weight: float = 5.0
     visibility_loss_weight: float = 1.0
     # Ours: the visibility target is "visible and the last layer's position within this many
-    # input pixels" (0: the official occlusion target; `tracking_loss`'s tracked_threshold).
+    # input pixels" (0: the official occlusion target; `tracking_loss`'s tracked_threshold_px).
     visibility_target_px: float = 0.0
     focal_alpha: float = 0.25  # weight of the positive (visible) class in the focal loss
     loss_layers: str = "all"  # 'all' decoder layers' positions supervised (official) or 'last'
@@ -169,6 +169,8 @@ class TrainConfig:
         if self.clip_size is not None and min(self.clip_size) < 16:
             raise TaptrError(f"clip_size is too small: {self.clip_size}")
         LrSchedule(kind=self.schedule)  # raises on an unknown schedule
+        if not math.isfinite(self.visibility_target_px):
+            raise TaptrError(f"visibility_target_px must be finite, got {self.visibility_target_px}")
         if not 0 < self.focal_alpha < 1:
             raise TaptrError(f"focal_alpha must lie in (0, 1), got {self.focal_alpha}")
         if self.loss_layers not in LOSS_LAYERS:
@@ -285,9 +287,9 @@ class Trainer:
                                         visibility=config.visibility_loss_weight,
                                         layers=config.loss_layers,
                                         focal_alpha=config.focal_alpha)
-        pixel = 1 / max(max(self.model_config.input_size) - 1, 1)  # one input pixel, model units
-        self.location_cap = config.loss_cap_px * pixel
-        self.tracked_threshold = config.visibility_target_px * pixel
+        self.location_cap = config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1)
+        height, width = self.model_config.input_size
+        self.pixel_scale = (max(width - 1, 1), max(height - 1, 1))
 
         self.clip_source = clip_source
         self.eval_samples = eval_samples
@@ -519,7 +521,7 @@ class Trainer:
                 output = self.ddp_model(batch["video"], batch["query_points"],
                                         batch["query_frames"], return_layers=True)
             loss, parts = tracking_loss(output, batch, self.loss_weights, self.location_cap,
-                                        self.tracked_threshold)
+                                        self.config.visibility_target_px, self.pixel_scale)
             scaled = loss / self.config.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         sums["loss"] = sums.get("loss", 0.0) + loss.detach()
