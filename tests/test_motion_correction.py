@@ -90,7 +90,7 @@ def test_a_jump_is_replaced_by_the_neighbours_motion_in_every_layer():
     query_frames = torch.zeros(1, 12, dtype=torch.long)
     query_frames[0, 11] = 2
     corrected, corrected_apu = correct_jumps(logits[1:], apu[1:], logits[0], 1, query_frames,
-                                             16.0, 8, (scale, scale))
+                                             16.0, 8, (256, 256))
     out = [to_pixels(c, scale) for c in corrected]  # frames 1, 2, 3
     out_apu = [to_pixels(c, scale) for c in corrected_apu]
     expected = start + step * torch.arange(1, 4)[:, None, None].float()
@@ -102,7 +102,7 @@ def test_a_jump_is_replaced_by_the_neighbours_motion_in_every_layer():
     assert torch.allclose(out[1][0, 0, 11], frames[2][11], atol=1e-3)
     assert torch.equal(corrected[0], logits[1])  # nothing jumped at frame 1: the same tensor
     untouched, _ = correct_jumps(logits[1:], apu[1:], logits[0], 1, query_frames, 100.0, 8,
-                                 (scale, scale))
+                                 (256, 256))
     assert all(torch.equal(a, b) for a, b in zip(untouched, logits[1:]))
 
 
@@ -113,7 +113,7 @@ def test_a_corrected_position_carries_no_gradient_and_the_others_keep_theirs():
     moved[3] += 50
     now = as_logits(moved, scale, layers=1).requires_grad_(True)
     corrected, _ = correct_jumps([now], [now.detach()], before, 1, torch.zeros(1, 12).long(),
-                                 16.0, 8, (scale, scale))
+                                 16.0, 8, (256, 256))
     corrected[0][..., :2].sum().backward()
     assert now.grad[0, 0, 3, :2].abs().sum() == 0
     assert (now.grad[0, 0, torch.arange(12) != 3, :2] == 1).all()
@@ -139,7 +139,7 @@ def test_without_the_previous_frame_the_first_frame_is_not_checked():
     frames[0][0] += 60  # would be a jump relative to anything before it
     logits = [as_logits(f, scale) for f in frames]
     corrected, _ = correct_jumps(logits, logits, None, 0, torch.full((1, 12), -1), 16.0, 8,
-                                 (scale, scale))
+                                 (256, 256))
     assert torch.equal(corrected[0], logits[0])
     # Frame 1 is checked against frame 0: point 0 comes back 60 px, its neighbours stand still.
     assert not torch.equal(corrected[1], logits[1])

@@ -163,7 +163,7 @@ def test_tracked_visibility_target_calls_lost_points_occluded():
     positions = torch.tensor([[[[0.01, 0.0], [0.2, 0.0], [0.0, 0.0], [0.0, 0.05]]]],
                              requires_grad=True)
     visible = torch.tensor([[[True, True, False, True]]])
-    targets = tracked_targets(positions, tracks, visible, 0.04 * 255, (255.0, 255.0))
+    targets = tracked_targets(positions, tracks, visible, 0.04 * 255, (256, 256))
     assert targets.tolist() == [[[True, False, False, False]]]
     assert not targets.requires_grad
     B, T, N, L = 1, 2, 2, 1
@@ -176,9 +176,11 @@ def test_tracked_visibility_target_calls_lost_points_occluded():
     vis_logits = torch.tensor([-4.0, 4.0, -4.0]).expand(L, B, T, N, 3)  # visible everywhere
     outputs = fake_outputs(positions, positions, vis_logits)
     _, official = tracking_loss(outputs, batch)
-    _, tracked = tracking_loss(outputs, batch, tracked_threshold_px=0.1)
+    _, tracked = tracking_loss(outputs, batch, tracked_threshold_px=0.1 * 255,
+                                  input_size=(256, 256))
     assert tracked["vis"] > official["vis"] * 10  # the lost point's "visible" is now wrong
-    _, loose = tracking_loss(outputs, batch, tracked_threshold_px=0.5)
+    _, loose = tracking_loss(outputs, batch, tracked_threshold_px=0.5 * 255,
+                                input_size=(256, 256))
     assert loose["vis"].item() == pytest.approx(official["vis"].item())
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from taptr import coords
 from taptr.models.common import inverse_sigmoid
 
 _ROW_BLOCK = 1024  # distance rows computed at once (bounds memory at many points)
@@ -72,24 +73,23 @@ def neighbour_motion(previous: torch.Tensor, current: torch.Tensor, checked: tor
 
 def correct_jumps(position_logits: list[torch.Tensor], apu_logits: list[torch.Tensor],
                   previous: torch.Tensor | None, first_frame: int, query_frames: torch.Tensor,
-                  threshold_px: float, neighbours: int, pixel_scale: tuple[float, float]
+                  threshold_px: float, neighbours: int, input_size: tuple[int, int]
                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Apply the neighbour motion correction to a window's frames, oldest first.
 
     position_logits, apu_logits: per frame [Ld, B, N, 4] (every decoder layer's position and
     APU position, logit space) of frames first_frame, first_frame + 1, ...; previous: the
     position logits of frame first_frame - 1 (None when unknown: the first frame is then not
-    checked); query_frames: [B, N]; threshold_px: in input pixels; pixel_scale:
-    (W_in - 1, H_in - 1), input pixels per model unit. Returns the corrected position and APU
+    checked); query_frames: [B, N]; threshold_px: in input pixels; input_size: (W_in, H_in)
+    of the network (`coords.model_to_input`). Returns the corrected position and APU
     logits per frame (new tensors where a point was corrected, the given ones elsewhere); a
     corrected point's (u, v) becomes the same in every layer's position and APU position. The
     correction is a decision, not a differentiable function: a corrected position carries no
     gradient.
     """
-    scale = torch.tensor(pixel_scale, dtype=torch.float32, device=query_frames.device)
-
-    def pixels(logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits[-1, ..., :2].detach().float()) * scale  # [B, N, 2]
+    def pixels(logits: torch.Tensor) -> torch.Tensor:  # [B, N, 2] input pixels
+        return coords.model_to_input(torch.sigmoid(logits[-1, ..., :2].detach().float()),
+                                     input_size)
 
     corrected, corrected_apu = [], []
     for offset, (logits, apu) in enumerate(zip(position_logits, apu_logits)):
@@ -102,7 +102,8 @@ def correct_jumps(position_logits: list[torch.Tensor], apu_logits: list[torch.Te
                 jumped = excess > threshold_px
                 if bool(jumped.any()):
                     # inverse_sigmoid clamps to (0, 1) away from the edges
-                    replacement = inverse_sigmoid((before[item] + median) / scale)  # [N, 2]
+                    replacement = inverse_sigmoid(coords.input_to_model(before[item] + median,
+                                                                        input_size))  # [N, 2]
                     logits, apu = logits.clone(), apu.clone()
                     for target in (logits, apu):
                         target[:, item, :, :2] = torch.where(

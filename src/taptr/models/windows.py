@@ -364,8 +364,7 @@ class TrackStream:
         positions, apu = correct_jumps([s.position_logits for s in states],
                                        [s.apu_logits for s in states], previous, start,
                                        self.queries.frames, config.motion_correction_px,
-                                       config.motion_correction_neighbours,
-                                       (width - 1, height - 1))
+                                       config.motion_correction_neighbours, (width, height))
         return [FrameState(new, new_apu, s.vis_logits, s.content)
                 for new, new_apu, s in zip(positions, apu, states)]
 

@@ -128,23 +128,22 @@ def visibility_focal_loss(logits: torch.Tensor, visible: torch.Tensor, mask: tor
 
 
 def tracked_targets(positions: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor,
-                    threshold_px: float, pixel_scale: tuple[float, float] = (1.0, 1.0)
-                    ) -> torch.Tensor:
+                    threshold_px: float, input_size: tuple[int, int]) -> torch.Tensor:
     """Ours: the AJ-aligned visibility target, visible and tracked.
 
     positions, tracks [..., 2] (model units), visible [...] bool, threshold_px (input pixels),
-    pixel_scale (W_in - 1, H_in - 1): input pixels per model unit -> [...] bool: visible and
-    |positions - tracks| (Euclidean, in input pixels) < threshold_px. No gradient flows
+    input_size (W_in, H_in) of the network -> [...] bool: visible and |positions - tracks|
+    (Euclidean, in input pixels, `coords.model_to_input`) < threshold_px. No gradient flows
     through it.
     """
-    scale = torch.tensor(pixel_scale, dtype=torch.float32, device=positions.device)
-    distance = ((positions.detach().float() - tracks.float()) * scale).norm(dim=-1)
+    offset = coords.model_to_input(positions.detach().float() - tracks.float(), input_size)
+    distance = offset.norm(dim=-1)
     return visible & (distance < threshold_px)
 
 
 def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights = LossWeights(),
                   location_cap: float = 0.0, tracked_threshold_px: float = 0.0,
-                  pixel_scale: tuple[float, float] = (1.0, 1.0)
+                  input_size: tuple[int, int] | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The total training loss and its parts.
 
@@ -158,7 +157,7 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
     tracks").
     tracked_threshold_px (ours; 0 = the official occlusion target): the visibility target is
     `tracked_targets` of the last layer's positions at this distance in input pixels
-    (`pixel_scale`: (W_in - 1, H_in - 1)).
+    (`input_size`: (W_in, H_in), needed then).
     Returns (total, parts): total is a scalar with gradient; parts holds detached unweighted
     scalars named by `loss_part_names` (`loc`/`apu` are the sums over the supervised layers:
     all, or the last with `weights.layers == "last"`).
@@ -174,8 +173,10 @@ def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights 
     apu_terms = [masked_l1(layer, tracks, location_mask, cap)
                  for layer in outputs.layer_apu_positions]
     if tracked_threshold_px > 0:
+        if input_size is None:
+            raise ValueError("tracked_threshold_px needs the network's input_size")
         visible = tracked_targets(outputs.layer_positions[-1], tracks, visible,
-                                  tracked_threshold_px, pixel_scale)
+                                  tracked_threshold_px, input_size)
     visibility = visibility_focal_loss(
         outputs.layer_vis_logits[-1], visible, update_mask, weights.focal_alpha, weights.focal_gamma
     )

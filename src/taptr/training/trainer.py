@@ -288,8 +288,6 @@ class Trainer:
                                         layers=config.loss_layers,
                                         focal_alpha=config.focal_alpha)
         self.location_cap = config.loss_cap_px / max(max(self.model_config.input_size) - 1, 1)
-        height, width = self.model_config.input_size
-        self.pixel_scale = (max(width - 1, 1), max(height - 1, 1))
 
         self.clip_source = clip_source
         self.eval_samples = eval_samples
@@ -521,7 +519,8 @@ class Trainer:
                 output = self.ddp_model(batch["video"], batch["query_points"],
                                         batch["query_frames"], return_layers=True)
             loss, parts = tracking_loss(output, batch, self.loss_weights, self.location_cap,
-                                        self.config.visibility_target_px, self.pixel_scale)
+                                        self.config.visibility_target_px,
+                                        self.model_config.input_size[::-1])
             scaled = loss / self.config.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         sums["loss"] = sums.get("loss", 0.0) + loss.detach()
