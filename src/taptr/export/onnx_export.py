@@ -63,7 +63,7 @@ def export_onnx(model, out_dir: str | os.PathLike, check: bool = True) -> Path:
     from taptr.models.inference import optimized_for_inference
 
     require_onnxruntime(for_export=True)
-    prepared = optimized_for_inference(model).float().eval()
+    prepared = optimized_for_inference(model, fuse=False).float().eval()
     prepared.backbone.to(memory_format=torch.contiguous_format)
     prepared.channels_last_backbone = False
     correlation = prepared.decoder.correlation

@@ -15,7 +15,8 @@ from torch import nn
 from taptr.models.attention import MultiheadAttention, same_group_mask
 from taptr.models.common import MLP, concat, inverse_sigmoid, mlp_sequential
 from taptr.models.correlation import LocalCorrelation
-from taptr.models.deformable_attention import KeyAwareDeformableAttention, LevelLayout
+from taptr.models.deformable_attention import (KeyAwareDeformableAttention, LevelLayout,
+                                               level_values_per_sample)
 from taptr.models.position_encoding import point_sine_embedding
 
 
@@ -69,9 +70,11 @@ def attention_based_position_update(reference: torch.Tensor, sample_weights: tor
     sizes = layout.sizes(offsets)  # (W, H) per level
     # The official code divides (x, y) offsets by (H, W): only right for square maps.
     normaliser = sizes.flip(-1) if official_compat else sizes
-    normalised = (offsets / normaliser[:, None, :]).flatten(2, 4)  # [BW, N, K, 2]
+    flat = offsets.reshape(*offsets.shape[:3], -1)  # [BW, N, M, L*P*2]: contiguous rows
+    normalised = flat / level_values_per_sample(normaliser, offsets.shape[-2])
+    normalised = normalised.view(*offsets.shape[:2], -1, 2)  # [BW, N, K, 2]
     weights = sample_weights.softmax(-1)
-    shift = (weights[..., None] * normalised).sum(-2).view(batch, window, num_points, 2)
+    shift = torch.matmul(weights[..., None, :], normalised).view(batch, window, num_points, 2)
     moved = torch.sigmoid(inverse_sigmoid(reference[..., :2] + shift))
     moving = updated[..., None]
     apu_reference = torch.where(moving, torch.cat((moved, reference[..., 2:]), -1), reference)
