@@ -245,10 +245,18 @@ def side_by_side(args) -> str:
             torch.save({"config": dataclasses.asdict(config),
                         "state": build_model(config).state_dict()}, model_file)
             run = dict(preset=config.name, frames=frames, points=points, model=model_file)
-            new = run_configuration({**run, "save_tracks": folder / f"new{index}.npy"}, args,
-                                    folder)
-            old = (run_configuration({**run, "save_tracks": folder / f"old{index}.npy"}, args,
-                                     folder, old_tree) if both else None)
+            # Alternate the two sides `--repeats` times and keep each side's median run: on a
+            # shared machine single runs vary by 10% and more.
+            new_runs, old_runs = [], []
+            for _ in range(args.repeats):
+                new_runs.append(run_configuration(
+                    {**run, "save_tracks": folder / f"new{index}.npy"}, args, folder))
+                if both:
+                    old_runs.append(run_configuration(
+                        {**run, "save_tracks": folder / f"old{index}.npy"}, args, folder,
+                        old_tree))
+            new = _median_run(new_runs)
+            old = _median_run(old_runs) if both else None
             if "error" in new or (old is not None and "error" in old):
                 lines.append(f"| {name} | {points} | failed: {(old or {}).get('error')} "
                              f"{new.get('error')} | | | | |")
@@ -282,6 +290,14 @@ def side_by_side(args) -> str:
                          f"{old['peak_rss_mb']:.0f} / {new['peak_rss_mb']:.0f} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median frames/s (the first failed run, if any failed)."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=lambda run: run["fps"])[(len(runs) - 1) // 2]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -326,6 +342,9 @@ def parse_args(argv=None):
     parser.add_argument("--video", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-tracks", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="with --reference: runs of each side, alternating; each side's "
+                             "median run is reported")
     parser.add_argument("--cases", nargs="+", default=None, metavar="WORD",
                         help="with --reference: only the models whose name contains a WORD")
     parser.add_argument("--backend", default=None, choices=("pytorch", "onnxruntime"),
@@ -345,6 +364,8 @@ def main(argv=None) -> int:
         run_worker(args)
         return 0
     if args.reference:
+        if args.repeats < 1:
+            raise SystemExit("--repeats must be at least 1")
         print(side_by_side(args))
         return 0
     try:

@@ -143,3 +143,32 @@ def test_packed_canvas_puts_each_head_of_a_pixel_side_by_side_with_zero_borders(
     channels_first = pack_levels(tokens, layout, heads)  # [Nb*M, d, Hc, Wc]
     assert torch.equal(channels_first.view(2, heads, head_dim, *inside.shape),
                        canvas.permute(0, 3, 4, 1, 2))
+
+
+def test_feed_forward_in_row_chunks_equals_one_pass(monkeypatch):
+    import taptr.models.common as common
+
+    torch.manual_seed(0)
+    linear1, linear2, norm = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8), torch.nn.LayerNorm(8)
+    inputs = torch.randn(3, 50, 8)
+    want = norm(inputs + linear2(torch.relu(linear1(inputs))))
+    monkeypatch.setattr(common, "FEED_FORWARD_CHUNK", 64 * 32)  # 64 rows per chunk: 3 chunks
+    with torch.no_grad():
+        got = common.residual_feed_forward(inputs, linear1, linear2, norm)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-6)
+    # With autograd: one pass, gradients flow.
+    trained = common.residual_feed_forward(inputs, linear1, linear2, norm)
+    trained.sum().backward()
+    assert linear1.weight.grad is not None
+
+
+def test_keeping_freed_memory_applies_on_linux_with_glibc():
+    import platform
+    import sys
+
+    from taptr.device import keep_freed_memory
+
+    applies = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() == applies
+    assert keep_freed_memory() == applies  # idempotent

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from taptr.coords import model_to_pixel, pixel_to_model
-from taptr.device import autocast, precision_name, resolve_device, resolve_precision
+from taptr.device import (autocast, keep_freed_memory, precision_name, resolve_device,
+                          resolve_precision)
 from taptr.models import TAPTRv2
 from taptr.models.inference import optimized_for_inference
 from taptr.models.taptrv2 import VISIBLE_THRESHOLD
@@ -48,6 +49,8 @@ class ModelIO:
     def __init__(self, model, device=None, precision=None):
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # fewer page faults for large tensors (taptr.device)
         if isinstance(model, TAPTRv2):
             model = optimized_for_inference(model)
         self.model = model.to(self.device).eval()

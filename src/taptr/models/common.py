@@ -34,6 +34,34 @@ def softmax_last(logits: torch.Tensor) -> torch.Tensor:
     return columns.softmax(0).t().reshape(logits.shape)
 
 
+# Rows per chunk of `residual_feed_forward` on a CPU: its hidden activations [rows, ffn_dim]
+# stay within about this many numbers (4 MB), in cache instead of one large temporary.
+FEED_FORWARD_CHUNK = 1 << 20
+
+
+def residual_feed_forward(inputs: torch.Tensor, linear1: nn.Linear, linear2: nn.Linear,
+                          norm: nn.Module) -> torch.Tensor:
+    """Post-norm transformer FFN: norm(x + linear2(relu(linear1(x)))), x [..., C] -> [..., C].
+
+    Every row is independent, so on a CPU without autograd the rows run in chunks: the hidden
+    activations of all tokens (712 MB for the paper preset's encoder over 4 frames) are never
+    allocated at once, about 30% faster (docs/tracking.md), the same numbers. With autograd or
+    on a GPU it is one pass.
+    """
+    if inputs.device.type != "cpu" or (torch.is_grad_enabled() and (
+            inputs.requires_grad or linear1.weight.requires_grad)):
+        return norm(inputs + linear2(torch.relu(linear1(inputs))))
+    flat = inputs.reshape(-1, inputs.shape[-1])
+    rows = max(64, FEED_FORWARD_CHUNK // linear1.out_features)
+    if flat.shape[0] <= rows:
+        return norm(inputs + linear2(torch.relu_(linear1(inputs))))
+    out = torch.empty_like(flat)
+    for start in range(0, flat.shape[0], rows):
+        part = flat[start:start + rows]
+        out[start:start + rows] = norm(part + linear2(torch.relu_(linear1(part))))
+    return out.view(inputs.shape)
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them (DETR's MLP; parameters `layers.{i}`)."""
 

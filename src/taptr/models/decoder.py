@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from taptr.models.attention import MultiheadAttention, same_group_mask
-from taptr.models.common import MLP, concat, inverse_sigmoid, mlp_sequential
+from taptr.models.common import (MLP, concat, inverse_sigmoid, mlp_sequential,
+                                 residual_feed_forward)
 from taptr.models.correlation import LocalCorrelation
 from taptr.models.deformable_attention import (KeyAwareDeformableAttention, LevelLayout,
                                                level_values_per_sample)
@@ -130,7 +131,8 @@ class DecoderLayer(nn.Module):
             elif module == "sa":
                 content = self._point_attention(content, query_pos, inputs.tracked, point_chunk)
             else:
-                content = self.norm3(content + self.linear2(torch.relu(self.linear1(content))))
+                content = residual_feed_forward(content, self.linear1, self.linear2,
+                                                self.norm3)
         return content, apu_reference, displacement
 
     def _cross_attention(self, content, query_pos, reference, inputs, point_chunk):

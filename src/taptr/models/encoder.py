@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from taptr.models.common import residual_feed_forward
 from taptr.models.deformable_attention import DeformableAttention, LevelLayout
 
 
@@ -24,7 +25,7 @@ class EncoderLayer(nn.Module):
         attended = self.self_attn(tokens + token_pos, reference.expand(tokens.shape[0], -1, -1),
                                   tokens, layout, query_chunk)
         tokens = self.norm1(tokens + attended)
-        return self.norm2(tokens + self.linear2(torch.relu(self.linear1(tokens))))
+        return residual_feed_forward(tokens, self.linear1, self.linear2, self.norm2)
 
 
 def encoder_reference_points(layout: LevelLayout, device=None, dtype=torch.float32) -> torch.Tensor:
