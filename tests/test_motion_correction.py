@@ -197,6 +197,9 @@ def test_every_frame_is_checked_offline_as_online(monkeypatch):
         if update is not None:
             online[:, update.frames] = update.tracks
     last_window = len(frames) - 8
+    # Online pushes one frame at a time, offline four: the backbone's kernels round differently
+    # per batch size (1e-7), which the tiny model's random weights amplify to 1e-4 px; a
+    # frame the correction missed moves its points by whole pixels.
     np.testing.assert_allclose(online[:, :last_window], np.asarray(offline.tracks)[:, :last_window],
-                               atol=1e-4)
+                               atol=1e-3)
 

@@ -75,7 +75,7 @@ def attention_based_position_update(reference: torch.Tensor, sample_weights: tor
     normalised = flat / level_values_per_sample(normaliser, offsets.shape[-2])
     normalised = normalised.view(*offsets.shape[:2], -1, 2)  # [BW, N, K, 2]
     weights = sample_weights.softmax(-1)
-    shift = torch.matmul(weights[..., None, :], normalised).view(batch, window, num_points, 2)
+    shift = (weights[..., None] * normalised).sum(-2).view(batch, window, num_points, 2)
     moved = torch.sigmoid(inverse_sigmoid(reference[..., :2] + shift))
     moving = updated[..., None]
     apu_reference = torch.where(moving, torch.cat((moved, reference[..., 2:]), -1), reference)
