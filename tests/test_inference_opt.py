@@ -172,3 +172,19 @@ def test_keeping_freed_memory_applies_on_linux_with_glibc():
     applies = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() == applies
     assert keep_freed_memory() == applies  # idempotent
+
+
+def test_fused_convolution_falls_back_when_the_private_operator_fails(monkeypatch):
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    fused = FusedConv2d(conv, "relu6")
+    fused.fused = True
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operator signature changed")
+
+    monkeypatch.setattr(fused, "_fused", broken)
+    inputs = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        out = fused(inputs)
+        assert torch.allclose(out, torch.nn.functional.relu6(conv(inputs)), atol=1e-6)
+    assert not fused.fused  # later calls go straight to the eager ops

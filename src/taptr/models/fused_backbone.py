@@ -14,6 +14,8 @@ the same results up to float rounding (tests/test_inference_opt.py).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ from taptr.models.backbone import (MOBILENET_V2_STAGE_ENDS, BasicBlock, Bottlene
                                    ConvNormActivation, InvertedResidual, MobileNetV2, ResNet)
 
 ACTIVATIONS = ("none", "relu", "relu6")
+_logger = logging.getLogger(__name__)
 
 
 def fused_kernels_available() -> bool:
@@ -64,12 +67,19 @@ class FusedConv2d(nn.Module):
                                                       or weight.requires_grad)))
 
     def forward(self, inputs: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self._use_fused(inputs):
+            try:
+                return self._fused(inputs, residual)
+            except (RuntimeError, TypeError) as error:  # another PyTorch's private operator
+                _logger.debug("fused convolution unavailable (%s); using eager ops", error)
+                self.fused = False
+        out = self.conv(inputs)
+        if residual is not None:
+            out = out + residual
+        return _eager_activation(out, self.activation)
+
+    def _fused(self, inputs: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         conv = self.conv
-        if not self._use_fused(inputs):
-            out = conv(inputs)
-            if residual is not None:
-                out = out + residual
-            return _eager_activation(out, self.activation)
         geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         unary = None if self.activation == "none" else ("hardtanh" if self.activation == "relu6"
                                                         else "relu")
