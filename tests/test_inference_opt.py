@@ -13,8 +13,7 @@ from taptr.models.common import softmax_last
 from taptr.models.correlation import (_crops_by_row_segments, _window_indices, _window_start,
                                       sample_map, sample_window, window_offsets)
 from taptr.models.deformable_attention import LevelLayout, pack_levels, pack_levels_rows
-from taptr.models.fused_backbone import (FusedConv2d, fuse_backbone,
-                                         fused_kernels_available)
+from taptr.models.fused_backbone import FusedConv2d, fuse_backbone, fused_kernels_available
 from taptr.models.inference import fold_frozen_batchnorm
 
 
@@ -146,7 +145,7 @@ def test_packed_canvas_puts_each_head_of_a_pixel_side_by_side_with_zero_borders(
 
 
 def test_feed_forward_in_row_chunks_equals_one_pass(monkeypatch):
-    import taptr.models.common as common
+    from taptr.models import common
 
     torch.manual_seed(0)
     linear1, linear2, norm = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8), torch.nn.LayerNorm(8)

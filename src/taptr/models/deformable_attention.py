@@ -124,9 +124,9 @@ def _canvas_pixels(layout: LevelLayout, locations: torch.Tensor) -> torch.Tensor
     border), shifted to the level's block."""
     batch, num_queries, num_heads, _, num_points, _ = locations.shape
     sizes = level_values_per_sample(layout.sizes(locations), num_points)  # (W, H) per level
-    shifts = level_values_per_sample(torch.tensor([[x + 1, 1] for x in layout.x_offsets],
-                                      dtype=locations.dtype, device=locations.device),
-                         num_points)
+    block_shifts = torch.tensor([[x + 1, 1] for x in layout.x_offsets], dtype=locations.dtype,
+                                device=locations.device)
+    shifts = level_values_per_sample(block_shifts, num_points)
     pixels = locations.reshape(batch, num_queries, num_heads, -1) * sizes - 0.5
     pixels = torch.minimum(pixels, sizes).clamp_min(-1.0)
     return (pixels + shifts).view(locations.shape)
