@@ -79,24 +79,23 @@ def _window_start(height: int, width: int, anchors: torch.Tensor, radius: int
     return corner.long() - radius, pixels - corner
 
 
-def _window_indices(height: int, width: int, anchors: torch.Tensor, radius: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where the (2r+2)^2 integer-pixel crop under every anchor's (2r+1)^2 window lies in its
-    image's flattened map, and the anchors' bilinear fractions (`_window_start`).
+def _window_indices(height: int, width: int, start: torch.Tensor, radius: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the (2r+2)^2 integer-pixel crops with top-left pixels `start` [Nb, Q, 2]
+    (`_window_start`) lie in their image's flattened h x w map.
 
     Returns (index [Nb, Q, 2r+2, 2r+2] into the map flattened per image, clamped onto it;
-    inside [Nb, Q, 2r+2, 2r+2], 1 where the crop pixel lies on the map and 0 where it is zero
-    padding; fractions [Nb, Q, 2] (fx, fy) in [0, 1)).
+    inside [Nb, Q, 2r+2, 2r+2] bool, True where the crop pixel lies on the map and False where
+    it is zero padding).
     """
-    start, fractions = _window_start(height, width, anchors, radius)
-    steps = torch.arange(2 * radius + 2, device=anchors.device)
+    steps = torch.arange(2 * radius + 2, device=start.device)
     columns = start[..., 0, None] + steps  # [Nb, Q, side]
     rows = start[..., 1, None] + steps
     inside = (((columns >= 0) & (columns < width))[..., None, :]
               & ((rows >= 0) & (rows < height))[..., :, None])
     index = (rows.clamp(0, height - 1)[..., :, None] * width
              + columns.clamp(0, width - 1)[..., None, :])
-    return index, inside.to(anchors.dtype), fractions
+    return index, inside
 
 
 def _blend_crops(crops: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -157,7 +156,7 @@ def sample_window(feature_map: torch.Tensor, anchors: torch.Tensor, radius: int)
     start, fractions = _window_start(height, width, anchors, radius)
     crops = _crops_by_row_segments(feature_map, start, radius)
     if crops is None:
-        index, inside, fractions = _window_indices(height, width, anchors, radius)
+        index, inside = _window_indices(height, width, start, radius)
         table = feature_map.permute(0, 2, 3, 1).reshape(-1, channels)  # one row per pixel
         images = torch.arange(batch, device=anchors.device).view(batch, 1, 1, 1) * (height
                                                                                    * width)
@@ -177,9 +176,11 @@ def window_cosine(feature_map: torch.Tensor, anchors: torch.Tensor, templates: t
     pixels `sample_window` and a dot product would be cheaper.
     """
     batch, channels, height, width = feature_map.shape
-    index, inside, fractions = _window_indices(height, width, anchors, radius)
+    start, fractions = _window_start(height, width, anchors, radius)
+    index, inside = _window_indices(height, width, start, radius)
     dots = torch.matmul(templates.to(feature_map.dtype), feature_map.flatten(2))  # [Nb, Q, hw]
-    crops = dots.gather(2, index.flatten(2)).view(*index.shape, 1) * inside[..., None]
+    crops = dots.gather(2, index.flatten(2)).view(*index.shape, 1) * inside[..., None].to(
+        dots.dtype)
     return _blend_crops(crops, fractions).flatten(2)
 
 
