@@ -23,7 +23,7 @@ def softmax_last(logits: torch.Tensor) -> torch.Tensor:
     """`logits.softmax(-1)`, fast on a CPU also for a short last axis (same values up to float
     rounding).
 
-    PyTorch 2.13's CPU softmax along a last axis shorter than 16 runs about 9x slower than
+    PyTorch 2.13's CPU softmax along a last axis shorter than 16 runs 3-9x slower than
     along the first axis of the transposed rows (measured for the 12 samples of each head,
     docs/tracking.md), so short rows are soft-maxed as columns there.
     """

@@ -101,12 +101,17 @@ def _format_of(tensor: torch.Tensor) -> torch.memory_format:
             and not tensor.is_contiguous() else torch.contiguous_format)
 
 
-def _folded_conv(block: nn.Module) -> nn.Conv2d:
-    """The convolution of a (conv, folded norm[, activation]) sequence."""
-    conv, norm = block[0], block[1]
+def _folded(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """`conv`, checked to have its batch norm `norm` folded into it (`fold_frozen_batchnorm`
+    leaves an Identity and a bias). Raises ValueError otherwise."""
     if not isinstance(norm, nn.Identity) or conv.bias is None:
         raise ValueError("fold the batch norms (fold_frozen_batchnorm) before fusing")
     return conv
+
+
+def _folded_conv(block: nn.Module) -> nn.Conv2d:
+    """The convolution of a (conv, folded norm[, activation]) sequence."""
+    return _folded(block[0], block[1])
 
 
 class FusedInvertedResidual(nn.Module):
@@ -116,9 +121,7 @@ class FusedInvertedResidual(nn.Module):
         super().__init__()
         layers = list(block.conv)
         convs = [FusedConv2d(_folded_conv(layer), "relu6") for layer in layers[:-2]]
-        if not isinstance(layers[-1], nn.Identity) or layers[-2].bias is None:
-            raise ValueError("fold the batch norms (fold_frozen_batchnorm) before fusing")
-        convs.append(FusedConv2d(layers[-2], "none"))
+        convs.append(FusedConv2d(_folded(layers[-2], layers[-1]), "none"))
         self.convs = nn.ModuleList(convs)
         self.use_residual = block.use_residual
 
@@ -137,12 +140,9 @@ class FusedResidualBlock(nn.Module):
         super().__init__()
         names = ["conv1", "conv2", "conv3"] if isinstance(block, Bottleneck) else ["conv1",
                                                                                    "conv2"]
-        for name in names:
-            norm = getattr(block, "bn" + name[-1])
-            if not isinstance(norm, nn.Identity):
-                raise ValueError("fold the batch norms (fold_frozen_batchnorm) before fusing")
         self.convs = nn.ModuleList(
-            FusedConv2d(getattr(block, name), "relu") for name in names)
+            FusedConv2d(_folded(getattr(block, name), getattr(block, "bn" + name[-1])), "relu")
+            for name in names)
         self.downsample = (None if block.downsample is None
                            else FusedConv2d(_folded_conv(block.downsample), "none"))
 
@@ -194,9 +194,7 @@ class FusedResNet(nn.Module):
 
     def __init__(self, backbone: ResNet):
         super().__init__()
-        if not isinstance(backbone.bn1, nn.Identity):
-            raise ValueError("fold the batch norms (fold_frozen_batchnorm) before fusing")
-        self.stem = _FusedStem(backbone.conv1, backbone.maxpool)
+        self.stem = _FusedStem(_folded(backbone.conv1, backbone.bn1), backbone.maxpool)
         self.layers = nn.ModuleList(
             nn.Sequential(*(FusedResidualBlock(block) for block in getattr(backbone, name)))
             for name in ("layer1", "layer2", "layer3", "layer4"))
