@@ -1,18 +1,22 @@
-"""Training losses of TAPTRv2 (docs/architecture.md, section 6.1).
+"""Training losses of TAPTRv2 (docs/architecture.md, section 6.1): `TrackingCriterion`.
 
-* Location: L1 on (u, v) of every decoder layer's stitched positions and of every layer's APU
-  positions, weight 5 each, masked by U (frames strictly after the query frame) and by the
-  ground truth lying in [0, 1]^2; occluded points are supervised too. Each term is
-  sum over the mask of (|du| + |dv|) / (mask count + 1).
+One criterion object (like DETR's SetCriterion) computes the total loss and its parts from the
+network's `TrackOutput` and a `make_batch` batch:
+
+* Location: L1 of every decoder layer's stitched positions and of every layer's APU positions
+  against the ground truth, masked by U (frames strictly after the query frame) and by the
+  ground truth lying on the network input; occluded points are supervised too. Each term is
+  sum over the mask / (mask count + 1).
 * Visibility: sigmoid focal loss (alpha 0.25, gamma 2) on the last layer's 3 logits against a
   one-hot target (channel 1 visible, channel 2 occluded, channel 0 always negative), masked by
   U only; sum over the mask and the 3 channels / (mask count + 1).
-* Ours, optional (`tracked_threshold_px` > 0): the visibility target becomes "visible and the
-  last layer's position lies within `tracked_threshold_px` input pixels of the ground truth",
-  so a point the model has lost is taught to be called occluded, which is what Average
-  Jaccard rewards (a visible point predicted far off counts as a false positive and a false
-  negative; called occluded it is a false negative only). TAPIR's uncertainty head learns the
-  same event.
+
+**One unit: input pixels.** Positions and targets are converted once, at the criterion's
+entry, from model coordinates to pixels of the network input (`coords.model_to_input`); every
+location error, the cap (ours, `location_cap_px`) and the reported parts (`loc_L`, `apu_L`,
+`loc`, `apu`) are in input pixels. The paper's weight 5 is per model unit, that is 5 / (W_in -
+1) per input pixel along x and 5 / (H_in - 1) along y (`coords.input_to_model` of the
+weights): the total is the paper's loss, whatever the unit of the parts.
 
 Counts run over the whole batch (the official code trains with B = 1 per process, where this is
 the same thing). Losses are computed in float32 whatever the autocast dtype of the network.
@@ -31,32 +35,22 @@ VISIBLE_CHANNEL = 1
 OCCLUDED_CHANNEL = 2
 
 
-LOSS_LAYERS = ("all", "last")  # which decoder layers' positions are supervised
-
-
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms and focal-loss parameters (official values): `location`
-    weighs the L1 of every decoder layer's positions, `apu` that of every layer's APU
-    positions, `visibility` the focal loss, whose `focal_alpha` weighs visible targets against
-    occluded ones and `focal_gamma` damps easy examples."""
+    """The paper's weights of the loss terms and focal-loss parameters: `location` weighs the
+    L1 of every decoder layer's positions and `apu` that of every layer's APU positions (per
+    model unit), `visibility` the focal loss, whose `focal_alpha` weighs visible targets
+    against occluded ones and `focal_gamma` damps easy examples."""
 
     location: float = 5.0
     apu: float = 5.0
-    # Ours: supervise the positions (and APU positions) of 'all' decoder layers (official) or of
-    # the 'last' one only.
-    layers: str = "all"
-
-    def __post_init__(self) -> None:
-        if self.layers not in LOSS_LAYERS:
-            raise ValueError(f"layers must be 'all' or 'last', got {self.layers!r}")
     visibility: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
 
 def loss_part_names(num_layers: int) -> list[str]:
-    """Names of the parts `tracking_loss` reports, in a fixed order (for log headers)."""
+    """Names of the parts `TrackingCriterion` reports, in a fixed order (for log headers)."""
     names = [f"loc_{layer}" for layer in range(num_layers)]
     names += [f"apu_{layer}" for layer in range(num_layers)]
     return names + ["loc", "apu", "vis"]
@@ -75,19 +69,33 @@ def tracking_mask(query_frames: torch.Tensor, num_frames: int,
     return mask
 
 
-def masked_l1(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-              cap: float = 0.0) -> torch.Tensor:
-    """sum over the mask of |du| + |dv| (capped at `cap` when > 0), divided by
-    (mask count + 1).
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum of `values` over the mask / (mask count + 1): the official normalisation.
 
-    predicted, target [..., 2]; mask [...] bool -> scalar float32. Masked-out entries may hold
-    anything, NaN included.
+    values, mask [...] -> scalar. Masked-out entries may hold anything, NaN included.
     """
-    distance = (predicted.float() - target.float()).abs().sum(dim=-1)
-    if cap > 0:
-        distance = distance.clamp(max=cap)
-    distance = torch.where(mask, distance, torch.zeros_like(distance))
-    return distance.sum() / (mask.sum() + 1)
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / (mask.sum() + 1)
+
+
+def location_errors(predicted_px: torch.Tensor, target_px: torch.Tensor,
+                    axis_weights: torch.Tensor, cap_px: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per point-frame location error in input pixels and its weighted (objective) form.
+
+    predicted_px, target_px [..., 2] input pixels; axis_weights [2] per pixel along x and y.
+    Returns (pixels, weighted), both [...]: pixels = |dx| + |dy|, weighted = the same with
+    each axis weighted. With cap_px > 0 (ours) an error above cap_px pixels is held at the
+    cap: its value is the cap (weighted along its own direction) and it gives no gradient.
+    """
+    error = (predicted_px.float() - target_px.float()).abs()
+    pixels = error.sum(dim=-1)
+    weighted = (error * axis_weights).sum(dim=-1)
+    if cap_px > 0:
+        lost = pixels > cap_px
+        held = (weighted * cap_px / pixels.clamp(min=cap_px)).detach()
+        pixels = torch.where(lost, torch.full_like(pixels, cap_px), pixels)
+        weighted = torch.where(lost, held, weighted)
+    return pixels, weighted
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -123,74 +131,67 @@ def visibility_focal_loss(logits: torch.Tensor, visible: torch.Tensor, mask: tor
     """
     targets = visibility_targets(visible, logits.shape[-1])
     per_entry = sigmoid_focal_loss(logits, targets, alpha, gamma).sum(dim=-1)
-    per_entry = torch.where(mask, per_entry, torch.zeros_like(per_entry))
-    return per_entry.sum() / (mask.sum() + 1)
+    return masked_mean(per_entry, mask)
 
 
-def tracked_targets(positions: torch.Tensor, tracks: torch.Tensor, visible: torch.Tensor,
-                    threshold_px: float, input_size: tuple[int, int]) -> torch.Tensor:
-    """Ours: the AJ-aligned visibility target, visible and tracked.
+class TrackingCriterion:
+    """The training loss of TAPTRv2 (docs/architecture.md, section 6.1), in input pixels.
 
-    positions, tracks [..., 2] (model units), visible [...] bool, threshold_px (input pixels),
-    input_size (W_in, H_in) of the network -> [...] bool: visible and |positions - tracks|
-    (Euclidean, in input pixels, `coords.model_to_input`) < threshold_px. No gradient flows
-    through it.
+    input_size: (H_in, W_in) of the network (`ModelConfig.input_size`). weights: the paper's
+    (`LossWeights`). location_cap_px (ours; 0 = the official plain L1): each point-frame's
+    |dx| + |dy| is capped at this many input pixels, so points the model has lost give no
+    gradient and the loss rewards precision on the ones it tracks (docs/training.md,
+    "Fine-tuning a model that already tracks").
+
+    `criterion(outputs, batch)` -> (total, parts). outputs: the network's `TrackOutput` with
+    `return_layers=True` (`layer_positions`, `layer_apu_positions` [L, B, T, N, 2] model
+    coordinates, `layer_vis_logits` [L, B, T, N, C]); batch: `make_batch` output (`tracks`
+    [B, T, N, 2] model coordinates, `visible` [B, T, N], `query_frames` [B, N], `valid`
+    [B, N]). total: scalar with gradient; parts: detached unweighted scalars named by
+    `loss_part_names` (location parts in input pixels, `loc`/`apu` their sums over layers).
     """
-    offset = coords.model_to_input(positions.detach().float() - tracks.float(), input_size)
-    distance = offset.norm(dim=-1)
-    return visible & (distance < threshold_px)
 
+    def __init__(self, input_size: tuple[int, int], weights: LossWeights = LossWeights(),
+                 location_cap_px: float = 0.0):
+        self.input_wh = (int(input_size[1]), int(input_size[0]))
+        self.weights = weights
+        self.location_cap_px = float(location_cap_px)
 
-def tracking_loss(outputs, batch: dict[str, torch.Tensor], weights: LossWeights = LossWeights(),
-                  location_cap: float = 0.0, tracked_threshold_px: float = 0.0,
-                  input_size: tuple[int, int] | None = None
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total training loss and its parts.
+    def to_pixels(self, points: torch.Tensor) -> torch.Tensor:
+        """Model coordinates [..., 2] -> input pixels (the one conversion of the loss)."""
+        return coords.model_to_input(points.float(), self.input_wh)
 
-    outputs: the network's `TrackOutput` with `return_layers=True`: `layer_positions` and
-    `layer_apu_positions` [L, B, T, N, 2], `layer_vis_logits` [L, B, T, N, C].
-    batch: `make_batch` output (`tracks` [B, T, N, 2], `visible` [B, T, N], `query_frames`
-    [B, N], `valid` [B, N]).
-    location_cap (ours; 0 = the official plain L1): each point-frame's |du| + |dv| is capped at
-    this many model units, so points the model has lost give no gradient and the loss rewards
-    precision on the ones it tracks (docs/training.md, "Fine-tuning a model that already
-    tracks").
-    tracked_threshold_px (ours; 0 = the official occlusion target): the visibility target is
-    `tracked_targets` of the last layer's positions at this distance in input pixels
-    (`input_size`: (W_in, H_in), needed then).
-    Returns (total, parts): total is a scalar with gradient; parts holds detached unweighted
-    scalars named by `loss_part_names` (`loc`/`apu` are the sums over the supervised layers:
-    all, or the last with `weights.layers == "last"`).
-    """
-    tracks, visible = batch["tracks"], batch["visible"]
-    update_mask = tracking_mask(batch["query_frames"], tracks.shape[1], batch.get("valid"))
-    location_mask = update_mask & coords.in_unit_square(tracks)
+    def __call__(self, outputs, batch: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        update_mask = tracking_mask(batch["query_frames"], batch["tracks"].shape[1],
+                                    batch.get("valid"))
+        location_mask = update_mask & coords.in_unit_square(batch["tracks"])
+        tracks = self.to_pixels(batch["tracks"])
+        per_pixel = coords.input_to_model(torch.ones(2, device=tracks.device), self.input_wh)
+        location, location_objective = self._layer_terms(outputs.layer_positions, tracks,
+                                                         location_mask, per_pixel)
+        apu, apu_objective = self._layer_terms(outputs.layer_apu_positions, tracks,
+                                               location_mask, per_pixel)
+        visibility = visibility_focal_loss(outputs.layer_vis_logits[-1], batch["visible"],
+                                           update_mask, self.weights.focal_alpha,
+                                           self.weights.focal_gamma)
+        total = (self.weights.location * torch.stack(location_objective).sum()
+                 + self.weights.apu * torch.stack(apu_objective).sum()
+                 + self.weights.visibility * visibility)
+        parts = {f"loc_{layer}": term.detach() for layer, term in enumerate(location)}
+        parts.update({f"apu_{layer}": term.detach() for layer, term in enumerate(apu)})
+        parts["loc"] = torch.stack(location).sum().detach()
+        parts["apu"] = torch.stack(apu).sum().detach()
+        parts["vis"] = visibility.detach()
+        return total, parts
 
-    parts: dict[str, torch.Tensor] = {}
-    cap = location_cap
-    location_terms = [masked_l1(layer, tracks, location_mask, cap)
-                      for layer in outputs.layer_positions]
-    apu_terms = [masked_l1(layer, tracks, location_mask, cap)
-                 for layer in outputs.layer_apu_positions]
-    if tracked_threshold_px > 0:
-        if input_size is None:
-            raise ValueError("tracked_threshold_px needs the network's input_size")
-        visible = tracked_targets(outputs.layer_positions[-1], tracks, visible,
-                                  tracked_threshold_px, input_size)
-    visibility = visibility_focal_loss(
-        outputs.layer_vis_logits[-1], visible, update_mask, weights.focal_alpha, weights.focal_gamma
-    )
-    supervised = slice(None) if weights.layers == "all" else slice(-1, None)
-    location_total = torch.stack(location_terms[supervised]).sum()
-    apu_total = torch.stack(apu_terms[supervised]).sum()
-    total = (weights.location * location_total + weights.apu * apu_total
-             + weights.visibility * visibility)
-
-    for layer, term in enumerate(location_terms):
-        parts[f"loc_{layer}"] = term.detach()
-    for layer, term in enumerate(apu_terms):
-        parts[f"apu_{layer}"] = term.detach()
-    parts["loc"] = location_total.detach()
-    parts["apu"] = apu_total.detach()
-    parts["vis"] = visibility.detach()
-    return total, parts
+    def _layer_terms(self, layers: torch.Tensor, tracks_px: torch.Tensor, mask: torch.Tensor,
+                     per_pixel: torch.Tensor) -> tuple[list, list]:
+        """Per decoder layer: (mean error in input pixels, the objective's weighted mean)."""
+        pixels, objective = [], []
+        for positions in layers:
+            errors, weighted = location_errors(self.to_pixels(positions), tracks_px, per_pixel,
+                                               self.location_cap_px)
+            pixels.append(masked_mean(errors, mask))
+            objective.append(masked_mean(weighted, mask))
+        return pixels, objective

@@ -1,8 +1,7 @@
 """Optimizer and learning-rate schedule (docs/architecture.md, section 6.3).
 
-AdamW (the official optimizer) or, ours, SGD with Nesterov momentum 0.9, with two parameter
-groups: parameters whose name contains "backbone" use the backbone
-learning rate, all others the main one; weight decay applies to every parameter (as in the
+AdamW (the official optimizer) with two parameter groups: parameters whose name contains
+"backbone" use the backbone learning rate, all others the main one; weight decay applies to every parameter (as in the
 official code). The schedule is a per-optimizer-step factor on both groups: linear warmup, then
 cosine decay to `min_factor`, a multi-step drop (official: x0.1 at 2/3 and 13/15 of training),
 or constant.
@@ -19,8 +18,6 @@ from torch import nn
 from taptr.errors import TaptrError
 
 SCHEDULES = ("cosine", "multistep", "constant")
-OPTIMIZERS = ("adamw", "sgd")
-SGD_MOMENTUM = 0.9
 
 
 def parameter_groups(model: nn.Module, lr: float, lr_backbone: float,
@@ -38,21 +35,14 @@ def parameter_groups(model: nn.Module, lr: float, lr_backbone: float,
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float,
-                    kind: str = "adamw") -> torch.optim.Optimizer:
-    """`kind` 'adamw' (official) or 'sgd' (ours: moves each parameter in proportion to its
-    gradient, where Adam moves every parameter by about the learning rate per step).
-
-    Raises TaptrError for an unknown kind or a model without trainable parameters."""
-    if kind not in OPTIMIZERS:
-        raise TaptrError(f"unknown optimizer {kind!r}; choose one of {OPTIMIZERS}")
+def build_optimizer(model: nn.Module, lr: float, lr_backbone: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over `parameter_groups` (fused on CUDA). Raises TaptrError for a model without
+    trainable parameters."""
     groups = parameter_groups(model, lr, lr_backbone, weight_decay)
     if not groups:
         raise TaptrError("the model has no trainable parameters")
     on_cuda = next(model.parameters()).is_cuda
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM, nesterov=True,
-                               weight_decay=weight_decay)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=on_cuda or None)
 
 

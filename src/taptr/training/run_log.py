@@ -75,3 +75,59 @@ class TensorBoardLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class LossMeter:
+    """Sums of the loss and its parts over the micro-batches of a log interval."""
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.count = 0
+
+    def add(self, loss, parts: dict) -> None:
+        self.count += 1
+        for name, value in {"loss": loss.detach(), **parts}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        """Mean of each over the interval, then a fresh interval."""
+        means = {name: float(value) / max(self.count, 1) for name, value in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def board_values(row: dict) -> dict[str, float]:
+    """A log row as TensorBoard tags: eval/*, loss/* (loss and its parts), train/*."""
+    values = {}
+    for name, value in row.items():
+        if name == "step" or value is None:
+            continue
+        if name.startswith("eval_"):
+            values[f"eval/{name[5:]}"] = value
+        elif name.startswith(("loc", "apu", "vis", "loss")):
+            values[f"loss/{name}"] = value
+        else:
+            values[f"train/{name}"] = value
+    return values
+
+
+class RunLog:
+    """log.csv and TensorBoard of a run folder (rank 0 only; other ranks pass enabled=False).
+
+    columns: the CSV header; resume_step: drop rows after it (see `CsvLog`).
+    """
+
+    def __init__(self, folder: Path, columns: list[str], resume_step: int | None,
+                 enabled: bool = True):
+        self.csv = CsvLog(folder / "log.csv", columns, resume_step) if enabled else None
+        self.board = TensorBoardLog(folder / "tensorboard") if enabled else None
+
+    def write(self, row: dict) -> None:
+        if self.csv is None or not row:
+            return
+        self.csv.write(row)
+        self.board.write(int(row["step"]), board_values(row))
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()

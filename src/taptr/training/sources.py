@@ -1,4 +1,5 @@
-"""Clip sources for training and the held-out set, built from a `TrainConfig`.
+"""Clip sources for training and the held-out set, built from a `TrainConfig` (its `data`
+and `eval` sections).
 
 A clip source maps a clip index to a `TrackingSample` and depends only on its construction
 arguments and the index (see `taptr.training.data`). Training clips:
@@ -25,8 +26,8 @@ from taptr.data.seeding import derive_seed
 VALIDATION_SEED = 20261130
 
 
-def _clip_size(config, model_config: ModelConfig) -> tuple[int, int]:
-    return tuple(config.clip_size) if config.clip_size else tuple(model_config.input_size)
+def _clip_size(data, model_config: ModelConfig) -> tuple[int, int]:
+    return tuple(data.clip_size) if data.clip_size else tuple(model_config.input_size)
 
 
 @dataclass(frozen=True)
@@ -92,51 +93,53 @@ class SyntheticClips:
         return self._scene_generator().generate_batch([self.clip_seed(i) for i in indices])
 
 
-def scene_config(config, model_config: ModelConfig, textures: str | None, split: str,
+def scene_config(data, model_config: ModelConfig, textures: str | None, split: str,
                  effects: bool = True):
+    """The scene engine's config for the `data` section (`DataConfig`)."""
     from taptr.data.scenes.config import SceneConfig
 
-    return SceneConfig(size=_clip_size(config, model_config), num_frames=config.clip_length,
-                       num_points=config.num_points, difficulty=config.difficulty,
+    return SceneConfig(size=_clip_size(data, model_config), num_frames=data.clip_length,
+                       num_points=data.num_points, difficulty=data.difficulty,
                        effects=effects, textures=textures, texture_split=split)
 
 
 def build_clip_source(config, model_config: ModelConfig, data_seed: int,
                       device: torch.device):
     """The training clip source of one process (its own `data_seed`)."""
-    if config.data == "synthetic":
+    data = config.data
+    if data.source == "synthetic":
         ramp = None
-        if config.curriculum_steps > 0:
-            ramp = DifficultyRamp(config.difficulty_start,
-                                  scene_config(config, model_config, None, "all").difficulty,
-                                  config.curriculum_steps * config.batch * config.grad_accum)
-        return SyntheticClips(scene_config(config, model_config, config.textures, "train"),
+        if data.curriculum_steps > 0:
+            ramp = DifficultyRamp(data.difficulty_start,
+                                  scene_config(data, model_config, None, "all").difficulty,
+                                  data.curriculum_steps * data.batch * config.optim.grad_accum)
+        return SyntheticClips(scene_config(data, model_config, data.textures, "train"),
                               data_seed, device, ramp=ramp)
-    if config.data.startswith("kubric:"):
-        return _kubric_source(config, model_config, data_seed)
-    raise TaptrError(f"unknown data source {config.data!r}")
+    if data.source.startswith("kubric:"):
+        return _kubric_source(data, model_config, data_seed)
+    raise TaptrError(f"unknown data source {data.source!r}")
 
 
-def _kubric_source(config, model_config: ModelConfig, data_seed: int):
+def _kubric_source(data, model_config: ModelConfig, data_seed: int):
     from taptr.data.kubric import KubricClips
 
-    path = config.data.split(":", 1)[1]
-    return KubricClips(path, seed=data_seed, size=_clip_size(config, model_config),
-                       num_frames=config.clip_length, num_points=config.num_points)
+    path = data.source.split(":", 1)[1]
+    return KubricClips(path, seed=data_seed, size=_clip_size(data, model_config),
+                       num_frames=data.clip_length, num_points=data.num_points)
 
 
 def build_eval_samples(config, model_config: ModelConfig, device: torch.device) -> dict:
-    """The validation sets (`curves.VALIDATION_SETS`, named by `config.eval_sets`), rendered
+    """The validation sets (`curves.VALIDATION_SETS`, named by `config.eval.sets`), rendered
     once at the start of a run: name -> list of TrackingSample."""
     from taptr.data.scenes.textures import TextureLibrary
     from taptr.training.curves import build_validation_sets
 
-    if config.eval_textures:
-        library = TextureLibrary.load(config.eval_textures, split="all")
-    elif config.textures:
-        library = TextureLibrary.load(config.textures, split="heldout")
+    if config.eval.textures:
+        library = TextureLibrary.load(config.eval.textures, split="all")
+    elif config.data.textures:
+        library = TextureLibrary.load(config.data.textures, split="heldout")
     else:
         library = TextureLibrary.empty()
     # A fixed seed (not the run's): every run is scored on the same clips.
-    return build_validation_sets(config.eval_sets, config.eval_clips, VALIDATION_SEED, library,
+    return build_validation_sets(config.eval.sets, config.eval.clips, VALIDATION_SEED, library,
                                  device)
