@@ -168,8 +168,9 @@ class TrainConfig:
 
     @classmethod
     def from_any(cls, values: dict, origin: str = "config") -> "TrainConfig":
-        """A nested config, or a flat one of runs made before the nesting (`from_flat`)."""
-        if isinstance(values, dict) and values and not set(values) <= set(SECTIONS):
+        """A nested config (a table of tables), or a flat one (plain values) of runs made
+        before the nesting (`from_flat`)."""
+        if isinstance(values, dict) and not all(isinstance(v, dict) for v in values.values()):
             return from_flat(values, origin)
         return cls.from_dict(values, origin)
 
