@@ -29,7 +29,8 @@ else
     start=(--init-weights "$root/src/taptr/assets/taptr_small.safetensors")
 fi
 exec "$python" -m taptr train --preset small --data synthetic --out "$out" "${start[@]}" \
-    --textures "$textures" --device "${DEVICE:-cuda}" --amp "${AMP:-bf16}" \
-    --batch "${BATCH:-32}" --workers "$workers" --num-points 128 --clip-length 16 \
-    --curriculum-steps 0 --difficulty 0.5 --warmup-steps 20 \
-    --max-minutes "$minutes" --eval-every 250 --ckpt-every 250 --export-every 250 --no-progress
+    --textures "$textures" --device "${DEVICE:-cuda}" --set run.amp="${AMP:-bf16}" \
+    --batch "${BATCH:-32}" --workers "$workers" --set data.num_points=128 \
+    --set data.clip_length=16 --set data.curriculum_steps=0 --set data.difficulty=0.5 \
+    --set optim.warmup_steps=20 --max-minutes "$minutes" --set eval.every=250 \
+    --set run.ckpt_every=250 --set run.export_every=250 --no-progress

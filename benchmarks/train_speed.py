@@ -29,7 +29,7 @@ from taptr.data.scenes.config import SceneConfig
 from taptr.models import build_model
 from taptr.training.batch import make_batch
 from taptr.training.ema import ModelEma
-from taptr.training.losses import tracking_loss
+from taptr.training.losses import TrackingCriterion
 from taptr.training.optim import build_optimizer
 from taptr.device import resolve_precision
 
@@ -46,7 +46,8 @@ def time_steps(preset: str, batch: dict, device: torch.device, steps: int, warmu
     """Seconds per optimizer step (mean over `steps` after `warmup`)."""
     torch.manual_seed(0)
     model = build_model(get_preset(preset)).to(device).train()
-    if frozen_backbone:  # what `taptr train --lr-backbone 0` does
+    criterion = TrackingCriterion(model.config.input_size)
+    if frozen_backbone:  # what `taptr train` does with optim.lr_backbone = 0
         model.backbone.requires_grad_(False)
     ema = ModelEma(model)
     optimizer = build_optimizer(model, 2e-4, 1e-5, 1e-4)
@@ -56,7 +57,7 @@ def time_steps(preset: str, batch: dict, device: torch.device, steps: int, warmu
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             output = model(batch["video"], batch["query_points"], batch["query_frames"],
                            return_layers=True)
-        loss, _ = tracking_loss(output, batch)
+        loss, _ = criterion(output, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()

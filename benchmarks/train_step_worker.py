@@ -4,7 +4,9 @@ batch with whatever `taptr` is first on the import path, and save the first step
     python train_step_worker.py CASE.pt OUT.pt STEPS WARMUP
 
 CASE.pt holds {"config": ModelConfig fields, "state": state dict, "batch": make_batch dict}.
-Only APIs that exist unchanged since commit f75c4b0 are used here.
+Only APIs that exist unchanged since commit f75c4b0 are used here, but for the loss: the
+`TrackingCriterion` object where the tree has it, the `tracking_loss` function of older trees
+(the same objective).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ def main() -> None:
     from taptr.config import ModelConfig
     from taptr.models import build_model
     from taptr.training.ema import ModelEma
-    from taptr.training.losses import tracking_loss
     from taptr.training.optim import build_optimizer
 
     case = torch.load(case_path, weights_only=False)
@@ -28,6 +29,12 @@ def main() -> None:
     config = ModelConfig(**{k: v for k, v in case["config"].items() if k in known})
     model = build_model(config)
     model.load_state_dict(case["state"])
+    try:
+        from taptr.training.losses import TrackingCriterion
+
+        loss_function = TrackingCriterion(config.input_size)
+    except ImportError:  # trees before the criterion object (up to 723522c)
+        from taptr.training.losses import tracking_loss as loss_function
     model.train()
     model.backbone.requires_grad_(False)  # taptr train --lr-backbone 0
     ema = ModelEma(model)
@@ -38,7 +45,7 @@ def main() -> None:
     def step(record: bool) -> None:
         output = model(batch["video"], batch["query_points"], batch["query_frames"],
                        return_layers=True)
-        loss, _ = tracking_loss(output, batch)
+        loss, _ = loss_function(output, batch)
         loss.backward()
         if record:
             gradients.update({name: p.grad.detach().clone() for name, p in model.named_parameters()

@@ -16,7 +16,8 @@ from taptr.models.correlation import LocalCorrelation, window_offsets
 from taptr.training.curves import baseline_scores, curve_table
 from taptr.distributed import DistributedContext
 from taptr.training.sources import DifficultyRamp
-from taptr.training.trainer import Trainer, TrainConfig
+from taptr.training.config import TrainConfig
+from taptr.training.trainer import Trainer
 
 CPU = DistributedContext(device=torch.device("cpu"))
 
@@ -140,11 +141,13 @@ def test_baselines_score_a_still_scene_perfectly():
 
 
 def tiny_run(tmp_path, **changes) -> TrainConfig:
-    values = dict(preset="tiny", out=str(tmp_path / "run"), steps=50, clip_length=8,
-                  num_points=8, warmup_steps=1, eval_every=0, log_every=1, ckpt_every=1000,
-                  export_every=1000, progress=False, device="cpu", curriculum_steps=0)
-    values.update(changes)
-    return TrainConfig(**values)
+    """A 50-step run of the tiny preset; changes as section__key=value."""
+    config = TrainConfig().override([
+        "model.preset=tiny", f"run.out={tmp_path / 'run'}", "run.steps=50",
+        "data.clip_length=8", "data.num_points=8", "optim.warmup_steps=1", "eval.every=0",
+        "run.log_every=1", "run.ckpt_every=1000", "run.export_every=1000",
+        "run.progress=false", "run.device=cpu", "data.curriculum_steps=0"])
+    return config.replace(**changes)
 
 
 class StillClips:
@@ -154,7 +157,7 @@ class StillClips:
 
 def test_max_minutes_stops_with_a_checkpoint_an_export_and_a_last_evaluation(tmp_path):
     sets = {"easy": [still_sample(frames=8)], "medium": [still_sample(frames=8)]}
-    trainer = Trainer(tiny_run(tmp_path, max_minutes=1e-4, eval_every=1000),
+    trainer = Trainer(tiny_run(tmp_path, run__max_minutes=1e-4, eval__every=1000),
                       clip_source=StillClips(), eval_samples=sets, context=CPU)
     result = trainer.run()
     assert 1 <= result.step < 50 and not result.interrupted
@@ -169,9 +172,9 @@ def test_max_minutes_on_the_command_line(tmp_path, capsys):
     from taptr.cli import main as cli_main
 
     code = cli_main(["train", "--preset", "tiny", "--out", str(tmp_path / "cli"), "--steps", "50",
-                     "--clip-length", "8", "--num-points", "8", "--eval-every", "0",
-                     "--curriculum-steps", "0", "--max-minutes", "0.0001", "--no-progress",
-                     "--device", "cpu"])
+                     "--set", "data.clip_length=8", "--set", "data.num_points=8",
+                     "--set", "eval.every=0", "--set", "data.curriculum_steps=0",
+                     "--max-minutes", "0.0001", "--no-progress", "--device", "cpu"])
     assert code == 0
     assert "done: step" in capsys.readouterr().out
     assert (tmp_path / "cli" / "ema.safetensors").is_file()
@@ -179,7 +182,7 @@ def test_max_minutes_on_the_command_line(tmp_path, capsys):
 
 def test_validation_curve_rows_and_table(tmp_path):
     sets = {"easy": [still_sample()], "medium": [still_sample()]}
-    config = tiny_run(tmp_path, steps=2, eval_every=2)
+    config = tiny_run(tmp_path, run__steps=2, eval__every=2)
     trainer = Trainer(config, clip_source=StillClips(), eval_samples=sets, context=CPU)
     result = trainer.run()
     assert {"AJ", "easy_AJ", "medium_AJ"} <= set(result.last_eval)

@@ -238,13 +238,15 @@ def test_kubric_data_feeds_the_training_loop(kubric_root, tmp_path):
     import math
 
     from taptr.training.batch import make_batch
-    from taptr.training.trainer import TrainConfig, Trainer
+    from taptr.training.config import TrainConfig
+    from taptr.training.trainer import Trainer
 
     root, _ = kubric_root
-    config = TrainConfig(preset="tiny", data=f"kubric:{root}", out=str(tmp_path / "run"),
-                         steps=2, batch=1, clip_length=FRAMES, num_points=16, warmup_steps=1,
-                         eval_every=0, log_every=1, ckpt_every=1000, export_every=1000,
-                         progress=False, device="cpu")
+    config = TrainConfig().override([
+        "model.preset=tiny", f"data.source=kubric:{root}", f"run.out={tmp_path / 'run'}",
+        "run.steps=2", "data.batch=1", f"data.clip_length={FRAMES}", "data.num_points=16",
+        "optim.warmup_steps=1", "eval.every=0", "run.log_every=1", "run.ckpt_every=1000",
+        "run.export_every=1000", "run.progress=false", "run.device=cpu"])
     trainer = Trainer(config)
     fed = []  # (video, query points, query frames) of every forward pass
     trainer.model.register_forward_pre_hook(

@@ -668,3 +668,11 @@ def test_train_help_lists_at_most_20_options():
     assert not flags & retired
     for flag, key, _, _ in train_command.SHORTCUTS:  # every shortcut names a real setting
         assert key in TrainConfig().flat(), flag
+
+
+def test_the_documented_recipes_load_and_the_cpu_recipe_is_the_defaults():
+    recipes = REPO / "docs" / "recipes"
+    assert load_config(recipes / "cpu.toml").to_dict() == TrainConfig().to_dict()
+    paper = load_config(recipes / "paper.toml")
+    paper.check()
+    assert (paper.model.preset, paper.data.num_points, paper.optim.grad_clip) == ("taptrv2", 800, 0.1)
