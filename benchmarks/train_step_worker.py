@@ -36,7 +36,7 @@ def main() -> None:
     except ImportError:  # trees before the criterion object (up to 723522c)
         from taptr.training.losses import tracking_loss as loss_function
     model.train()
-    model.backbone.requires_grad_(False)  # taptr train --lr-backbone 0
+    model.backbone.requires_grad_(False)  # taptr train's frozen backbone (lr_backbone 0)
     ema = ModelEma(model)
     optimizer = build_optimizer(model, 5e-4, 0.0, 1e-4)
     batch = case["batch"]
