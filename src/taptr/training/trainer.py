@@ -5,7 +5,7 @@ each of `world_size` processes; each micro-batch is `next_batch` -> `forward` (a
 on CUDA by default) -> `criterion` (`losses.TrackingCriterion`, float32) -> `backward` (DDP
 averages gradients across processes); then `optimizer_step` (clipping, AdamW, schedule,
 EMA). After each step (`after_step`): a log row every `run.log_every` steps, validation of the
-EMA model every `eval.every` steps (`validation.Validator`), `last.pt` every
+EMA model every `eval.every` steps (`validator.Validator`), `last.pt` every
 `run.ckpt_every` steps (exact resume), the EMA weights as safetensors every
 `run.export_every` steps.
 
@@ -48,7 +48,7 @@ from taptr.training.losses import TrackingCriterion, loss_part_names
 from taptr.training.optim import LrSchedule, build_optimizer, build_scheduler
 from taptr.training.run_log import LossMeter, RunLog
 from taptr.training.setup import prepare_model
-from taptr.training.validation import Validator
+from taptr.training.validator import Validator
 
 logger = logging.getLogger(__name__)
 
