@@ -156,8 +156,8 @@ class TrainConfig:
             raise TaptrError(f"{origin}: expected a table of sections, got {type(values).__name__}")
         unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
-            raise TaptrError(f"{origin}: unknown section(s) {unknown}; sections are "
-                             f"{list(SECTIONS)}")
+            raise TaptrError(f"{origin}: not a section: {', '.join(unknown)} (sections are "
+                             f"{', '.join(SECTIONS)})")
         config = cls()
         for section, entries in values.items():
             if not isinstance(entries, dict):
@@ -349,7 +349,7 @@ def from_flat(values: dict, origin: str = "config") -> TrainConfig:
                          "are in docs/training_runs/README.md, and commit 723522c can run it")
     unknown = sorted(set(values) - set(FLAT_NAMES) - set(RETIRED))
     if unknown:
-        raise TaptrError(f"{origin}: unknown setting(s) {unknown}")
+        raise TaptrError(f"{origin}: not a setting: {', '.join(unknown)}")
     nested: dict[str, dict] = {}
     for name, value in values.items():
         if name in FLAT_NAMES:
