@@ -51,7 +51,7 @@ def _refused(capsys, argv: list[str]) -> str:
 def test_track_refuses_an_unwritable_output_folder_before_tracking(no_work, tmp_path, capsys):
     clip = write_clip(tmp_path / "clip.mp4", moving_square_frames(6, 36, 50))
     line = _refused(capsys, ["track", str(clip), "--out", UNWRITABLE, "--no-progress"])
-    assert line.startswith("taptr track: error: cannot write to output folder")
+    assert line.startswith("taptr track: error: cannot write output folder")
 
 
 @pytest.mark.parametrize("argv", [
@@ -59,6 +59,9 @@ def test_track_refuses_an_unwritable_output_folder_before_tracking(no_work, tmp_
     ["export", "--out", UNWRITABLE],
     ["convert", "taptrv2.pth", f"{UNWRITABLE}/taptrv2.safetensors"],
     ["textures", "fetch", UNWRITABLE],
+    pytest.param(["train", "--out", UNWRITABLE, "--steps", "1"], marks=pytest.mark.xfail(
+        strict=True, raises=OSError,
+        reason="cli/train.py (the training recipe's part of issue 23) does not check --out yet")),
 ])
 def test_every_writing_command_refuses_an_unwritable_output_before_its_work(no_work, capsys,
                                                                             argv):
@@ -70,8 +73,10 @@ def test_every_writing_command_refuses_an_unwritable_output_before_its_work(no_w
 @pytest.mark.parametrize("option", ["--json", "--per-video"])
 def test_eval_refuses_unwritable_result_files_before_reading_data(no_work, tmp_path, capsys,
                                                                   option):
+    """/proc itself exists (and `os.access` calls it writable for root): only creating a file
+    there tells."""
     _refused(capsys, ["eval", "--data", str(tmp_path / "missing.pkl"), "--tracker", "static",
-                      option, f"{UNWRITABLE}/results.json"])
+                      option, "/proc/taptr-test-results.json"])
 
 
 def test_checks_create_nothing(tmp_path):
@@ -93,6 +98,6 @@ def test_checks_name_what_is_wrong(tmp_path):
         check_can_create_folder(blocker)
     with pytest.raises(TaptrError, match="it is a folder"):
         check_can_write_file(tmp_path)
-    with pytest.raises(TaptrError, match="cannot write to output folder"):
+    with pytest.raises(TaptrError, match="cannot write '/proc/taptr-test/out/x.json'"):
         check_can_write_file(Path(UNWRITABLE) / "x.json")
     assert blocker.read_text() == "x"

@@ -85,17 +85,21 @@ def check_can_create_folder(folder: str | os.PathLike) -> None:
     created: permission bits and `os.access` do not tell (root may "write" to /proc, where
     nothing can be created; a read-only mount; a path through a file).
     """
-    folder = Path(folder).absolute()
+    _probe_folder(Path(folder).absolute(), f"output folder {str(folder)!r}")
+
+
+def _probe_folder(folder: Path, output: str) -> None:
+    """`check_can_create_folder` for an absolute `folder`; `output` names what is written in
+    the messages."""
     if folder.exists() and not folder.is_dir():
-        raise TaptrError(f"output path {str(folder)!r} exists and is not a folder")
+        raise TaptrError(f"cannot write {output}: {str(folder)!r} is a file, not a folder")
     created = []
     missing = folder
     while not missing.exists():
         created.append(missing)
         missing = missing.parent
     if not missing.is_dir():
-        raise TaptrError(f"cannot create output folder {str(folder)!r}: {str(missing)!r} is "
-                         "a file")
+        raise TaptrError(f"cannot write {output}: {str(missing)!r} is a file")
     try:
         for path in reversed(created):
             path.mkdir()
@@ -104,7 +108,7 @@ def check_can_create_folder(folder: str | os.PathLike) -> None:
         probe.unlink()
     except OSError as error:
         reason = error.strerror or str(error)
-        raise TaptrError(f"cannot write to output folder {str(folder)!r}: {reason}") from None
+        raise TaptrError(f"cannot write {output}: {reason}") from None
     finally:
         for path in created:
             with contextlib.suppress(OSError):
@@ -117,12 +121,7 @@ def check_can_write_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise TaptrError(f"cannot write {str(path)!r}: it is a folder")
-    existing = path.absolute().parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TaptrError(f"cannot write {str(path)!r}: {str(existing)!r} is a file")
-    check_can_create_folder(path.parent if str(path.parent) else Path("."))
+    _probe_folder(path.absolute().parent, repr(str(path)))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
