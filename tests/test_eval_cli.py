@@ -108,11 +108,13 @@ def _static():
 class OracleTracker:
     """Returns the ground truth in the tracker's pixels, computed with its own formulas."""
 
+    supports_query_padding = True  # a `PointTracker`
+
     def __init__(self, videos, scale_255):
         self.videos, self.scale_255 = list(videos.values()), scale_255
         self.calls, self.pad_queries_seen = 0, []
 
-    def track(self, video, queries, pad_queries=None):
+    def track(self, video, queries, pad_queries=0, progress=True):
         entry = self.videos[self.calls]
         self.calls += 1
         self.pad_queries_seen.append(pad_queries)
@@ -211,8 +213,10 @@ def test_scale_255_and_limit(tmp_path, toy_pickle, toy_videos):
         (lambda d, p: ["--data", d / "missing.pkl", "--tracker", "lk"], "no such file"),
         (lambda d, p: ["--data", d / "junk.pkl", "--tracker", "lk"], "not a TAP-Vid pickle"),
         (lambda d, p: ["--data", p, "--tracker", "raft"], "unknown tracker"),
-        (lambda d, p: ["--data", p, "--tracker", "lk", "--json", d / "no" / "r.json"],
-         "does not exist"),
+        (lambda d, p: ["--data", p, "--tracker", "lk", "--json", d / "junk.pkl" / "r.json"],
+         "is a file"),
+        (lambda d, p: ["--data", p, "--tracker", "lk", "--per-video", d],
+         "it is a folder"),
         (lambda d, p: ["--data", p, "--tracker", "lk", "--limit", "0"], "--limit"),
         (lambda d, p: ["--data", p, "--tracker", "lk", "--weights", "x"], "--weights"),
     ],
@@ -281,3 +285,27 @@ def test_taptr_tracker_runs_through_the_harness(tmp_path, toy_pickle, capsys):
     assert results["protocol"]["pad_queries_applied"] is True
     assert results["num_videos"] == 1
     assert 0.0 <= results["metrics"]["occlusion_accuracy"] <= 1.0
+
+
+def test_the_harness_takes_point_trackers_only(toy_pickle):
+    """The contract is `PointTracker` (supports_query_padding, track); an object with only a
+    `track` method is refused before any video is read, naming the protocol."""
+    from taptr.evaluation.trackers import PointTracker
+    from tracking_helpers import tiny_tracker
+
+    class TrackOnly:
+        def track(self, video, queries):
+            raise AssertionError("called")
+
+    with pytest.raises(TypeError, match="TrackOnly is not a PointTracker"):
+        evaluate(TrackOnly(), toy_pickle, EvalProtocol(), progress=False)
+    assert all(isinstance(make(), PointTracker) for make in (_static, lambda: OracleTracker({}, False)))
+    assert isinstance(tiny_tracker(), PointTracker)
+
+
+def test_result_files_go_into_missing_folders(tmp_path, toy_pickle):
+    """Output locations are created (and were checked before the evaluation)."""
+    assert run_cli("--data", toy_pickle, "--tracker", "static", "--json",
+                   tmp_path / "new" / "r.json", "--per-video", tmp_path / "new2" / "v.csv") == 0
+    assert json.loads((tmp_path / "new" / "r.json").read_text())["num_videos"] == 2
+    assert (tmp_path / "new2" / "v.csv").read_text().startswith("name,")

@@ -162,17 +162,6 @@ def test_feed_forward_in_row_chunks_equals_one_pass(monkeypatch):
     assert linear1.weight.grad is not None
 
 
-def test_keeping_freed_memory_applies_on_linux_with_glibc():
-    import platform
-    import sys
-
-    from taptr.device import keep_freed_memory
-
-    applies = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert keep_freed_memory() == applies
-    assert keep_freed_memory() == applies  # idempotent
-
-
 def test_fused_convolution_falls_back_when_the_private_operator_fails(monkeypatch):
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     fused = FusedConv2d(conv, "relu6")

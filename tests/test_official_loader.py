@@ -60,7 +60,32 @@ def test_pth_with_namespace_loads_safely_and_converts(official_state, tmp_path):
 def test_unsafe_pickle_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"ema_model": {}, "payload": np.dtype("float32").__class__}, path)
-    with pytest.raises(TaptrError, match="cannot read official checkpoint"):
+    with pytest.raises(TaptrError, match="is not an official TAPTRv2 checkpoint: it holds "
+                                         "Python objects other than tensors") as refused:
         load_official(path)
+    assert "weights_only" not in str(refused.value)  # never PyTorch's advice to turn it off
     assert cli_main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.safetensors")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["pickle", "text", "truncated"])
+def test_a_pth_that_is_not_a_checkpoint_gets_one_line_without_unsafe_advice(tmp_path, capsys,
+                                                                            content):
+    """A pickled object (PyTorch's message advises weights_only=False), a text file and a
+    truncated file, through `taptr convert` (every torch.load site: `taptr.io.torch_files`)."""
+    import pickle
+
+    path = tmp_path / "model.pth"
+    if content == "pickle":
+        path.write_bytes(pickle.dumps({"weights": object}, protocol=4))
+    elif content == "text":
+        path.write_text("hello")
+    else:
+        torch.save({"ema_model": {"w": torch.zeros(3)}}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    code = cli_main(["convert", str(path), str(tmp_path / "model.safetensors")])
+    assert code == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert f"{path} is not an official TAPTRv2 checkpoint" in stderr
+    assert "weights_only" not in stderr and "Warning" not in stderr

@@ -7,6 +7,7 @@ except under CI=true, where they fail.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,15 +111,36 @@ def test_track_cli_runs_an_export_and_prints_the_backend(small_export, tmp_path,
     np.testing.assert_array_equal(saved["tracks"], direct.tracks)
 
 
-def test_backend_flag_exports_a_network_once_into_the_cache(tmp_path, monkeypatch):
+def test_backend_flag_exports_a_network_once_into_the_cache(tmp_path, monkeypatch, caplog):
+    import logging
+    import re
+
     _require_onnx()
     monkeypatch.setenv("TAPTR_CACHE", str(tmp_path / "cache"))
-    first = Tracker(tiny_model(), backend="onnxruntime")
+    with caplog.at_level(logging.INFO, logger="taptr"):
+        first = Tracker(tiny_model(), backend="onnxruntime")
     second = Tracker(tiny_model(), backend="onnxruntime")
     entries = list((tmp_path / "cache" / "onnx").iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("tiny-")
     assert first.model.folder == second.model.folder == entries[0]
     assert first.backend == "onnxruntime" and first.device.type == "cpu"
+    # What the user is told names the final folder, never a staging one that is gone.
+    shown = [path for record in caplog.records
+             for path in re.findall(r"(/\S+)", record.getMessage())]
+    assert str(entries[0]) in shown
+    assert all(Path(path).exists() for path in shown), shown
+
+
+def test_an_export_is_a_stream_model_on_the_cpu_only(tiny_export):
+    from taptr.export import OnnxTAPTRv2
+    from taptr.model_io import ModelIO, StreamModel
+
+    exported = OnnxTAPTRv2(tiny_export)
+    assert isinstance(exported, StreamModel)
+    assert not hasattr(exported, "to") and not hasattr(exported, "eval")  # no fake nn.Module
+    assert ModelIO(exported, "cpu").model is exported
+    with pytest.raises(TaptrError, match="runs on cpu, not on meta"):
+        ModelIO(exported, "meta")
 
 
 @pytest.mark.parametrize("argv, message", [

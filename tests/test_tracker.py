@@ -225,6 +225,13 @@ def test_from_pretrained_and_device_errors(tracker, tmp_path, clip, tiny_weights
         Tracker.from_pretrained(str(tmp_path / "taptrv2.pth"))
     with pytest.raises(TaptrError, match="not found"):
         Tracker.from_pretrained(str(tmp_path / "missing.safetensors"))
+    folder = tmp_path / "weights_folder"
+    folder.mkdir()
+    with pytest.raises(TaptrError, match="is an empty folder, not weights"):
+        Tracker.from_pretrained(str(folder))
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(TaptrError, match="folder without taptr_onnx.json"):
+        Tracker.from_pretrained(str(folder))
     with pytest.raises(TaptrError, match="fp16 needs a GPU"):
         Tracker(tiny_model(), device="cpu", dtype="fp16")
     with pytest.raises(TaptrError, match="unknown device"):
@@ -314,3 +321,13 @@ def test_video_sizes_are_named_width_then_height(tracker):
     assert isinstance(result.video_size, FrameSize)
     assert (result.video_size.width, result.video_size.height) == (15, 17)
     assert str(result.video_size) == "15x17"
+
+
+def test_model_io_takes_stream_models_only():
+    """The contract is `StreamModel` (config, device, stream): the network is one; anything
+    else is refused by name instead of failing later inside the loop."""
+    from taptr.model_io import ModelIO, StreamModel
+
+    assert isinstance(tiny_model(), StreamModel)
+    with pytest.raises(TypeError, match="object is not a StreamModel"):
+        ModelIO(object(), "cpu")

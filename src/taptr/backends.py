@@ -87,4 +87,5 @@ def as_backend(model, backend: str):
             if not is_onnx_export(folder):
                 raise
             shutil.rmtree(staging, ignore_errors=True)
+        logger.info("exported the model to ONNX: %s", folder)
     return OnnxTAPTRv2(folder)

@@ -106,22 +106,32 @@ def keep_freed_memory() -> bool:
     million faults and a third of the time in the kernel for the paper preset on a CPU. Blocks
     up to 32 MB now come from the process's heap, which keeps up to 1 GB of freed memory
     (`mallopt`: M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD; docs/tracking.md has the
-    measurements). The cost: that memory stays with the process until it exits. `Tracker` calls
-    this for CPU devices; process-wide, idempotent.
+    measurements). The cost: that memory stays with the process until it exits. It changes the
+    whole process, so the library calls it only when asked (`Tracker(...,
+    tune_allocator=True)`); the `taptr` commands ask. Process-wide, idempotent.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no libc.so.6)
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
         return False
     applied = all(mallopt(ctypes.c_int(option), ctypes.c_int(value)) == 1
-                  for option, value in ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD),
-                                        (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
-                                        (_M_TOP_PAD, _TOP_PAD)))
+                  for option, value in ALLOCATOR_SETTINGS)
     _logger.debug("keep freed memory in the process: %s", applied)
     return applied
+
+
+#: (mallopt parameter, value) pairs `keep_freed_memory` sets, in order.
+ALLOCATOR_SETTINGS = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+                      (_M_TOP_PAD, _TOP_PAD))
+
+
+def _glibc_mallopt():
+    """glibc's `mallopt` function, or None (not Linux, or a C library without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no libc.so.6)
+        return None
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

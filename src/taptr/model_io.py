@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,10 +20,45 @@ import torch
 from taptr.coords import model_to_pixel, pixel_to_model
 from taptr.device import (autocast, keep_freed_memory, precision_name, resolve_device,
                           resolve_precision)
+from taptr.errors import TaptrError
 from taptr.models import TAPTRv2
 from taptr.models.inference import optimized_for_inference
 from taptr.models.taptrv2 import VISIBLE_THRESHOLD
 from taptr.preprocess import normalize, resize_frames
+
+
+@runtime_checkable
+class ModelStream(Protocol):
+    """One model pass over a growing video (`taptr.models.windows.TrackStream`).
+
+    frames: normalised [B, t, 3, H_in, W_in]; query points [B, n, 2] model coordinates, query
+    frames [B, n]; each call returns a `TrackChunk` of the frames that became final (or None).
+    """
+
+    def push(self, frames: torch.Tensor): ...
+
+    def finish(self): ...
+
+    def run(self, batches: Iterable[torch.Tensor]) -> Iterator: ...
+
+    def add_queries(self, query_points: torch.Tensor, query_frames: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class StreamModel(Protocol):
+    """What `ModelIO` (and through it `Tracker` and `OnlineTracker`) needs of a model: its
+    `config` (`taptr.config.ModelConfig`: input size, window stride), the `device` it runs on,
+    and `stream(query_points [B, N, 2], query_frames [B, N], num_frames=None,
+    point_chunk=None)` returning a `ModelStream`. Implemented by `taptr.models.TAPTRv2` and
+    the ONNX Runtime backend `taptr.export.OnnxTAPTRv2` (CPU only)."""
+
+    config: object
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
+               num_frames: int | None = None, point_chunk: int | None = None) -> ModelStream: ...
 
 
 @dataclass
@@ -39,21 +74,31 @@ class PixelChunk:
 class ModelIO:
     """A TAPTRv2 model on a device, with everything needed to feed it and read it.
 
-    model: a `taptr.models.TAPTRv2` (copied and optimised for inference: batch norms folded,
-    channels-last backbone) or anything with its `config` and `stream`.
+    model: a `taptr.models.TAPTRv2` (copied, optimised for inference: batch norms folded,
+    channels-last backbone, and moved to `device`) or another `StreamModel` (used as it is:
+    it must already run on `device`).
     device: as `taptr.device.resolve_device` (None = CUDA when available, else CPU).
     precision: as `taptr.device.resolve_precision` (None/"fp32", "bf16", "fp16").
-    Raises `TaptrError` for an unknown or unavailable device or precision.
+    tune_allocator: on a CPU device, let the process keep the memory PyTorch frees
+    (`taptr.device.keep_freed_memory`: fewer page faults, faster; but it changes the whole
+    process's allocator, so a library leaves it off unless asked; the `taptr` CLI asks).
+    Raises `TaptrError` for an unknown or unavailable device or precision, or a model that
+    runs on another device; `TypeError` for an object that is not a `StreamModel`.
     """
 
-    def __init__(self, model, device=None, precision=None):
+    def __init__(self, model, device=None, precision=None, tune_allocator: bool = False):
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # fewer page faults for large tensors (taptr.device)
+        if tune_allocator and self.device.type == "cpu":
+            keep_freed_memory()
         if isinstance(model, TAPTRv2):
-            model = optimized_for_inference(model)
-        self.model = model.to(self.device).eval()
+            model = optimized_for_inference(model).to(self.device).eval()
+        elif not isinstance(model, StreamModel):
+            raise TypeError(f"{type(model).__name__} is not a StreamModel (config, device, "
+                            "stream): see taptr.model_io.StreamModel")
+        elif torch.device(model.device) != self.device:
+            raise TaptrError(f"{model!r} runs on {model.device}, not on {self.device}")
+        self.model = model
         self.visible_threshold = VISIBLE_THRESHOLD
 
     @property

@@ -17,6 +17,7 @@ import torch
 
 from taptr.config import get_preset
 from taptr.errors import TaptrError
+from taptr.io.torch_files import load_tensors
 from taptr.models.state_dict import load_state_strict, name_list
 
 # (official prefix, our prefix), first match wins.
@@ -60,12 +61,7 @@ def read_official_checkpoint(path: str | os.PathLike, entry: str = "ema_model") 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise TaptrError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - report any unpickling failure in one line
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TaptrError(f"cannot read official checkpoint {path}: {message}") from None
+    checkpoint = load_tensors(path, "an official TAPTRv2 checkpoint", allowed=SAFE_GLOBALS)
     if isinstance(checkpoint, dict) and entry in checkpoint:
         return checkpoint[entry]
     if isinstance(checkpoint, dict) and entry == "ema_model" and "model" in checkpoint:

@@ -49,6 +49,11 @@ def load_model(name_or_path=None):
         from taptr.export.onnx_runtime import OnnxTAPTRv2
 
         return OnnxTAPTRv2(name_or_path)
+    from taptr.weights import bundled_weights
+
+    if (name_or_path is not None and str(name_or_path) not in bundled_weights()
+            and Path(name_or_path).is_dir()):
+        _refuse_folder(Path(name_or_path))
     if name_or_path is not None and Path(name_or_path).suffix.lower() in (".pth", ".pt"):
         if not Path(name_or_path).is_file():
             raise TaptrError(f"no such checkpoint: {str(name_or_path)!r}")
@@ -60,6 +65,18 @@ def load_model(name_or_path=None):
     return load_weights(name_or_path)
 
 
+def _refuse_folder(folder: Path) -> None:
+    """Raise `TaptrError` saying what a folder given as weights is (weights are a file; the
+    only folder accepted is an ONNX export, which `load_model` checked first)."""
+    from taptr.export.manifest import MANIFEST
+
+    if not any(folder.iterdir()):
+        raise TaptrError(f"{str(folder)!r} is an empty folder, not weights (a .safetensors or "
+                         ".pth file) nor an ONNX export (a folder from `taptr export`)")
+    raise TaptrError(f"{str(folder)!r} is a folder without {MANIFEST}: not an ONNX export from "
+                     "`taptr export`, and weights are a .safetensors or .pth file")
+
+
 class Tracker:
     """Tracks points with a TAPTRv2 model on CPU or GPU.
 
@@ -68,12 +85,19 @@ class Tracker:
     under autocast (bf16 also works on CPU).
     backend: "pytorch" (default for a network) or "onnxruntime" (CPU, fp32; a network is
     exported once into taptr's cache, `taptr.backends`); None picks by the model given.
+    tune_allocator: on the CPU, let the process keep the memory PyTorch frees (faster; changes
+    the whole process's allocator, so off unless asked: `taptr.device.keep_freed_memory`; the
+    `taptr` commands turn it on for their own process).
     Raises `TaptrError` for an unknown or unavailable device, dtype or backend. Feeding and
     reading the model (frames, points, precision) is `self.io`, a `taptr.model_io.ModelIO`,
-    shared with the online tracker.
+    shared with the online tracker. A `taptr.evaluation.PointTracker`.
     """
 
-    def __init__(self, model, device=None, dtype=None, backend: str | None = None):
+    #: `track(..., pad_queries=N)` pads the queries (the official evaluation's 800).
+    supports_query_padding = True
+
+    def __init__(self, model, device=None, dtype=None, backend: str | None = None,
+                 tune_allocator: bool = False):
         from taptr.backends import as_backend, resolve_backend
         from taptr.export.onnx_runtime import OnnxTAPTRv2
 
@@ -85,18 +109,18 @@ class Tracker:
                 raise TaptrError(f"the onnxruntime backend runs in fp32 only, not {dtype}")
             device = "cpu" if device is None else device
         self.backend = backend
-        self.io = ModelIO(as_backend(model, backend), device, dtype)
+        self.io = ModelIO(as_backend(model, backend), device, dtype, tune_allocator)
 
     @classmethod
     def from_pretrained(cls, name_or_path=None, device=None, dtype=None,
-                        backend: str | None = None) -> "Tracker":
+                        backend: str | None = None, tune_allocator: bool = False) -> "Tracker":
         """Load bundled weights by name (None = default), our `.safetensors` file, an official
         `.pth` checkpoint, or a folder written by `taptr export` (backend None: onnxruntime
         for such a folder, pytorch otherwise)."""
         from taptr.backends import resolve_backend
 
         backend = resolve_backend(backend, name_or_path)
-        return cls(load_model(name_or_path), device, dtype, backend)
+        return cls(load_model(name_or_path), device, dtype, backend, tune_allocator)
 
     @property
     def model(self):

@@ -16,6 +16,7 @@ import contextlib
 import signal
 import sys
 
+from taptr.cli.threads import add_threads_option, apply_threads
 from taptr.errors import TaptrError
 
 
@@ -37,6 +38,7 @@ def register(subparsers) -> None:
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, metavar="N",
                         help=f"refuse longer videos (default {DEFAULT_MAX_FRAMES}; 0: no limit)")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,6 +47,7 @@ def run(args) -> int:
     from taptr.app.server import is_loopback
 
     require_gradio()  # before the slow model load
+    apply_threads(args)
     if args.max_frames < 0:
         raise TaptrError(f"--max-frames must not be negative, got {args.max_frames}")
     if not is_loopback(args.host):
@@ -53,7 +56,8 @@ def run(args) -> int:
               "this machine's processor", file=sys.stderr)
     with _sigterm_as_interrupt():
         server = start_app(weights=args.weights, device=args.device, host=args.host,
-                           port=args.port, max_frames=args.max_frames or None)
+                           port=args.port, max_frames=args.max_frames or None,
+                           tune_allocator=True)
         try:
             print(f"taptr app: open {server.url} in a browser (Ctrl+C stops it)")
             print(f"taptr app: uploads and results in {server.work_dir} (deleted on exit)",

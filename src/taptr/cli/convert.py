@@ -22,14 +22,14 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
+    from taptr.io.atomic import check_can_write_file
     from taptr.official import load_official
     from taptr.weights import save_weights
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise TaptrError(f"output must end with .safetensors: {output}")
-    if not output.parent.exists():
-        raise TaptrError(f"output folder does not exist: {output.parent}")
+    check_can_write_file(output)  # before reading the checkpoint
     model = load_official(args.checkpoint, entry=args.entry)
     save_weights(model, output, dtype=torch.float16 if args.fp16 else None,
                  extra_metadata={"source": Path(args.checkpoint).name})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from taptr.cli.threads import add_threads_option, apply_threads
 from taptr.errors import TaptrError
 
 
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--grid", type=int, default=16, help="grid of G x G points (default 16)")
     parser.add_argument("--weights", default=None, help="weights name or path (default: bundled)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -27,11 +29,12 @@ def run(args) -> int:
     from taptr.tracker import Tracker
 
     out = Path(args.out)
-    check_can_create_folder(out)
     if args.grid < 1:
         raise TaptrError("--grid must be at least 1")
+    apply_threads(args)
+    check_can_create_folder(out)
     clip = load_demo_clip()
-    tracker = Tracker.from_pretrained(args.weights, device=args.device)
+    tracker = Tracker.from_pretrained(args.weights, device=args.device, tune_allocator=True)
     print(f"demo clip: {clip.description}, {count(len(clip.frames), 'frame')} "
           f"{clip.frames.shape[2]}x{clip.frames.shape[1]}")
     started = time.perf_counter()

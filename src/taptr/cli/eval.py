@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from taptr.cli.threads import add_threads_option, apply_threads
 from taptr.errors import TaptrError
 
 
@@ -48,15 +49,13 @@ def register(subparsers) -> None:
     parser.add_argument("--pad-queries", type=int, default=None, metavar="N",
                         help="pad queries to N (official TAPTR uses 800; model trackers only)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for PyTorch (default: PyTorch's choice, all cores)")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from taptr.data.tapvid import TapVidSource
-    from taptr.device import set_threads
     from taptr.distributed import DistributedContext
     from taptr.evaluation.evaluate import EvalProtocol, evaluate
     from taptr.evaluation.report import (
@@ -67,7 +66,7 @@ def run(args) -> int:
     )
     from taptr.evaluation.trackers import TRACKER_NAMES, load_tracker
 
-    set_threads(args.threads)
+    apply_threads(args)
     if args.tracker not in TRACKER_NAMES:
         raise TaptrError(
             f"unknown tracker {args.tracker!r} (expected one of {', '.join(TRACKER_NAMES)})"
@@ -87,7 +86,8 @@ def run(args) -> int:
     source = TapVidSource(args.data)  # fails fast on a bad --data, before loading a model
     distributed = DistributedContext.join(args.device, backend="gloo")
     try:
-        tracker = load_tracker(args.tracker, args.weights, distributed.device)
+        tracker = load_tracker(args.tracker, args.weights, distributed.device,
+                               tune_allocator=True)
         results = evaluate(
             tracker,
             source,

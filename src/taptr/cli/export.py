@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from taptr.cli.threads import add_threads_option, apply_threads
 from taptr.errors import TaptrError
 
 FORMATS = ("onnx",)
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--format", default="onnx", choices=FORMATS,
                         help="export format (default: onnx)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -38,6 +40,7 @@ def run(args) -> int:
     from taptr.tracker import load_model
 
     require_onnxruntime(for_export=True)
+    apply_threads(args)
     if is_onnx_export(args.weights):
         raise TaptrError(f"{args.weights!r} is already an ONNX export")
     check_can_create_folder(args.out)

@@ -39,6 +39,7 @@ def run(args) -> int:
 
 def _fetch(args) -> int:
     from taptr.data.scenes.texture_fetch import PHOTO_PACKAGES, fetch_textures
+    from taptr.io.atomic import check_can_create_folder
 
     packages = PHOTO_PACKAGES
     if args.packages:
@@ -48,6 +49,7 @@ def _fetch(args) -> int:
             raise TaptrError(f"unknown {'package' if len(unknown) == 1 else 'packages'} "
                              f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
         packages = tuple(known[name] for name in args.packages)
+    check_can_create_folder(args.dest)  # before any download
     results = fetch_textures(args.dest, packages, max_side=args.max_side)
     backgrounds = sum(len(r.files) for r in results if r.kind == "backgrounds")
     cutouts = sum(len(r.files) for r in results if r.kind == "cutouts")

@@ -17,6 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
+from taptr.cli.threads import add_threads_option, apply_threads
 from taptr.errors import TaptrError
 
 
@@ -66,21 +67,19 @@ def register(subparsers) -> None:
                         help="points per chunk inside the model (memory; results unchanged)")
     parser.add_argument("--pad-queries", type=int, default=0, metavar="N",
                         help="official-style padding to N queries (official TAPTR: 800)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for PyTorch (default: PyTorch's choice, all cores)")
+    add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from taptr.device import set_threads
     from taptr.io import open_video, parse_points, read_queries
     from taptr.io.atomic import check_can_create_folder, staged_folder
     from taptr.queries import build_queries
     from taptr.text import count
     from taptr.tracker import Tracker
 
-    set_threads(args.threads)
+    apply_threads(args)
     if args.grid is None and (args.grid_frame is not None or args.mask is not None):
         raise TaptrError("--grid-frame and --mask go with --grid G")
     for name in ("trail", "point_chunk", "pad_queries"):
@@ -100,7 +99,7 @@ def run(args) -> int:
     check_can_create_folder(out_dir)
 
     tracker = Tracker.from_pretrained(args.weights, device=args.device, dtype=args.dtype,
-                                      backend=args.backend)
+                                      backend=args.backend, tune_allocator=True)
     started = time.perf_counter()
     result = tracker.track(video, queries=queries, backward=not args.no_backward,
                            point_chunk=args.point_chunk or None,

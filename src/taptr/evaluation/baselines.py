@@ -1,9 +1,11 @@
 """Classical point trackers: the floor a learned model must clear and a check of the harness.
 
-All three follow the tracker interface of `taptr.Tracker`:
+All three are `taptr.evaluation.trackers.PointTracker`s, as `taptr.Tracker` is:
 `track(video, queries) -> result` with `video` uint8 [T, H, W, 3] RGB, `queries` float32 (or
 float64) [N, 3] rows (t, x, y) in pixels (pixel centres at integers), and a result with
-`tracks` float32 [N, T, 2] (x, y) pixels and `visible` bool [N, T].
+`tracks` float32 [N, T, 2] (x, y) pixels and `visible` bool [N, T]. They track each point on its
+own, so the official query padding changes nothing (`supports_query_padding = False`: they
+accept `pad_queries` and ignore it, as they ignore `progress`).
 
 * `static`: the query point held still, visible in every frame.
 * `lk`: OpenCV pyramidal Lucas-Kanade, chained frame to frame.
@@ -115,7 +117,10 @@ class StaticTracker:
 
     name = "static"
 
-    def track(self, video: np.ndarray, queries: np.ndarray) -> BaselineResult:
+    supports_query_padding = False
+
+    def track(self, video: np.ndarray, queries: np.ndarray, pad_queries: int = 0,
+              progress: bool = True) -> BaselineResult:
         """video uint8 [T, H, W, 3]; queries float32 [N, 3] (t, x, y) -> BaselineResult."""
         video, queries = _check_inputs(video, queries)
         result = _initial_result(queries, video.shape[0])
@@ -156,7 +161,10 @@ class LucasKanadeTracker:
         )
         return moved.reshape(-1, 2), status.reshape(-1).astype(bool)
 
-    def track(self, video: np.ndarray, queries: np.ndarray) -> BaselineResult:
+    supports_query_padding = False
+
+    def track(self, video: np.ndarray, queries: np.ndarray, pad_queries: int = 0,
+              progress: bool = True) -> BaselineResult:
         """video uint8 [T, H, W, 3]; queries float32 [N, 3] (t, x, y) -> BaselineResult."""
         video, queries = _check_inputs(video, queries)
         gray = _gray_frames(video)
@@ -236,7 +244,10 @@ class DISFlowTracker:
         }[self.preset]
         return cv2.DISOpticalFlow_create(preset)
 
-    def track(self, video: np.ndarray, queries: np.ndarray) -> BaselineResult:
+    supports_query_padding = False
+
+    def track(self, video: np.ndarray, queries: np.ndarray, pad_queries: int = 0,
+              progress: bool = True) -> BaselineResult:
         """video uint8 [T, H, W, 3]; queries float32 [N, 3] (t, x, y) -> BaselineResult."""
         video, queries = _check_inputs(video, queries)
         gray = _gray_frames(video)

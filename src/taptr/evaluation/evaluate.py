@@ -8,7 +8,8 @@ Protocol (tapnet's; docs/evaluation.md, "Protocol, exactly"):
 * each video is scored on its own (`compute_tapvid_metrics`), the dataset score is the plain
   mean over videos.
 `scale_255=True` switches to the CoTracker / official TAPTR convention (queries `u * (W - 1)`,
-ground truth `u * 255`); `pad_queries` is passed to trackers whose `track` accepts it.
+ground truth `u * 255`); `pad_queries` applies to trackers that support it (a tracker is a
+`taptr.evaluation.trackers.PointTracker`).
 
 Under `torchrun` (env WORLD_SIZE > 1) rank r evaluates videos r, r + world, ... and the
 per-video records are gathered on every rank with `torch.distributed.all_gather_object` (gloo).
@@ -16,7 +17,6 @@ per-video records are gathered on every rank with `torch.distributed.all_gather_
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -39,6 +39,7 @@ from taptr.evaluation.datasets import (
     sample_queries,
 )
 from taptr.evaluation.metrics import METRIC_NAMES, QUERY_MODES, compute_tapvid_metrics
+from taptr.evaluation.trackers import PointTracker
 
 RESOLUTIONS = ("256", "native")
 
@@ -49,8 +50,8 @@ class EvalProtocol:
 
     query_mode: 'first' or 'strided'. resolution: '256' (frames resized to 256x256, the
     official protocol) or 'native'. scale_255: CoTracker/official-TAPTR coordinates (x255)
-    instead of tapnet's (x256). pad_queries: pad the queries to this many (trackers that
-    accept a `pad_queries` keyword only).
+    instead of tapnet's (x256). pad_queries: pad the queries to this many (trackers whose
+    `supports_query_padding` is True only).
     """
 
     query_mode: str = "first"
@@ -89,33 +90,15 @@ class EvalProtocol:
         return coords.pixel_to_metric(points, frame_size, self.metric_scale)
 
 
-def accepts_keyword(function, keyword: str) -> bool:
-    """Whether `function` takes `keyword` (by name or through **kwargs)."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
-
-
-#: The keyword under which trackers take the official query padding.
-PAD_KEYWORDS = ("pad_queries",)
-
-
-def tracker_keywords(tracker, protocol: EvalProtocol) -> dict:
-    """Extra keywords for `tracker.track`: the query padding where the tracker takes it, and
-    `progress=False` (the loop shows its own per-video bar)."""
-    keywords = {}
-    if protocol.pad_queries is not None:
-        for name in PAD_KEYWORDS:
-            if accepts_keyword(tracker.track, name):
-                keywords[name] = protocol.pad_queries
-                break
-    if accepts_keyword(tracker.track, "progress"):
-        keywords["progress"] = False
-    return keywords
+def tracker_keywords(tracker: PointTracker, protocol: EvalProtocol) -> dict:
+    """Keywords for `tracker.track`: the protocol's query padding where the tracker supports
+    it (else 0), and `progress=False` (the loop shows its own per-video bar). Raises
+    `TypeError` for an object that is not a `PointTracker`."""
+    if not isinstance(tracker, PointTracker):
+        raise TypeError(f"{type(tracker).__name__} is not a PointTracker (supports_query_padding, "
+                        "track): see taptr.evaluation.trackers.PointTracker")
+    pad = protocol.pad_queries if tracker.supports_query_padding else None
+    return {"pad_queries": pad or 0, "progress": False}
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -204,7 +187,8 @@ def evaluate(
 ) -> dict:
     """Evaluate `tracker` on a TAP-Vid file or directory.
 
-    tracker: any object with `track(video, queries=...)` (see `taptr.evaluation.baselines`).
+    tracker: a `taptr.evaluation.trackers.PointTracker` (`taptr.Tracker`, the baselines of
+    `taptr.evaluation.baselines`); anything else raises `TypeError`.
     limit: only the first `limit` videos. distributed: this process's share (default: all).
 
     Returns {"protocol": {...}, "metrics": {name: mean over videos}, "num_videos",
@@ -218,7 +202,7 @@ def evaluate(
         distributed = DistributedContext()
     source = data if isinstance(data, TapVidSource) else TapVidSource(data)
     track_kwargs = tracker_keywords(tracker, protocol)
-    pad_applied = protocol.pad_queries is not None and len(track_kwargs.keys() & PAD_KEYWORDS) > 0
+    pad_applied = track_kwargs["pad_queries"] > 0
 
     total = source.known_length
     if limit is not None:

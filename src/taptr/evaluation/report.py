@@ -1,7 +1,7 @@
 """Presenting evaluation results: the printed table, the JSON and per-video CSV files.
 
-Files are written atomically (a temporary file in the same directory, then `os.replace`), so an
-interrupted run never leaves a half-written file behind.
+Files are written through `taptr.io.atomic` (a temporary file in the same directory, then
+`os.replace`), so an interrupted run never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from taptr.errors import TaptrError
 from taptr.evaluation.metrics import METRIC_NAMES, THRESHOLDS
-from taptr.io.atomic import atomic_path, ensure_writable_folder
+from taptr.io.atomic import check_can_write_file, write_text_atomic
 from taptr.text import count
 
 #: (column title, result key) of the printed table; metrics are shown in percent.
@@ -30,20 +28,10 @@ PER_VIDEO_FIELDS = ("name", "num_frames", "width", "height", "num_queries", *MET
 
 
 def check_writable(path: str | os.PathLike | None) -> None:
-    """Fail early (before a long evaluation) when `path` cannot be written."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise TaptrError(f"cannot write {str(path)!r}: it is a directory")
-    ensure_writable_folder(path.parent if str(path.parent) else Path("."))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`."""
-    check_writable(path)
-    with atomic_path(path) as temp_path:
-        temp_path.write_text(text, encoding="utf-8")
+    """Fail early (before a long evaluation) when `path` cannot be written (None: no file);
+    `taptr.io.atomic.check_can_write_file`."""
+    if path is not None:
+        check_can_write_file(path)
 
 
 def _json_safe(value):
@@ -59,7 +47,7 @@ def _json_safe(value):
 
 def write_json(path: str | os.PathLike, results: Mapping) -> None:
     """The whole result dict (protocol, means, per-video records) as JSON."""
-    atomic_write_text(path, json.dumps(_json_safe(results), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(_json_safe(results), indent=2) + "\n")
 
 
 def write_per_video_csv(path: str | os.PathLike, records: Sequence[Mapping]) -> None:
@@ -69,7 +57,7 @@ def write_per_video_csv(path: str | os.PathLike, records: Sequence[Mapping]) -> 
     writer.writeheader()
     for record in records:
         writer.writerow(record)
-    atomic_write_text(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def format_table(results: Mapping) -> str:

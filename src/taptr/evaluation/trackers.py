@@ -1,6 +1,9 @@
-"""Build a tracker for evaluation by name: the TAPTRv2 model or a classical baseline."""
+"""What the evaluation needs of a tracker (`PointTracker`), and building one by name: the
+TAPTRv2 model or a classical baseline."""
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 from taptr.errors import TaptrError
 from taptr.evaluation.baselines import BASELINES, make_baseline
@@ -8,12 +11,40 @@ from taptr.evaluation.baselines import BASELINES, make_baseline
 TRACKER_NAMES = ("taptr", *BASELINES)
 
 
-def load_tracker(name: str, weights: str | None = None, device: str | None = None):
-    """A tracker with `track(video, queries=...)`.
+@runtime_checkable
+class TrackOutput(Protocol):
+    """A tracker's result: tracks [N, T, 2] (x, y) pixels and visible [N, T] bool (numpy
+    arrays or tensors)."""
 
-    name: 'taptr' (the model, `Tracker.from_pretrained(weights, device=...)`; weights is a
-    bundled name, a path or None for the default) or a baseline ('static', 'lk', 'dis', which
-    ignore weights and device).
+    tracks: object
+    visible: object
+
+
+@runtime_checkable
+class PointTracker(Protocol):
+    """A tracker `taptr.evaluation.evaluate.evaluate` can score (`taptr.Tracker` and the
+    baselines of `taptr.evaluation.baselines` are ones).
+
+    track(video uint8 [T, H, W, 3], queries [N, 3] rows (t, x, y) in pixels of `video`,
+    pad_queries, progress) -> `TrackOutput`. pad_queries: pad each pass to this many queries
+    (the official TAPTR evaluation's 800; 0: none), honoured where `supports_query_padding`
+    is True; progress: whether the tracker may show its own progress bar (the evaluation
+    shows one per video and passes False).
+    """
+
+    supports_query_padding: bool
+
+    def track(self, video, queries, pad_queries: int = 0,
+              progress: bool = True) -> TrackOutput: ...
+
+
+def load_tracker(name: str, weights: str | None = None, device: str | None = None,
+                 tune_allocator: bool = False) -> PointTracker:
+    """A `PointTracker` by name.
+
+    name: 'taptr' (the model, `Tracker.from_pretrained(weights, device=...,
+    tune_allocator=...)`; weights is a bundled name, a path or None for the default) or a
+    baseline ('static', 'lk', 'dis', which take no weights and run on the CPU).
     """
     if name in BASELINES:
         if weights is not None:
@@ -25,4 +56,4 @@ def load_tracker(name: str, weights: str | None = None, device: str | None = Non
         from taptr.tracker import Tracker
     except ImportError as error:
         raise TaptrError(f"--tracker taptr is unavailable: cannot import taptr.tracker ({error})") from None
-    return Tracker.from_pretrained(weights, device=device)
+    return Tracker.from_pretrained(weights, device=device, tune_allocator=tune_allocator)

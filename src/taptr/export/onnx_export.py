@@ -90,7 +90,7 @@ def export_onnx(model, out_dir: str | os.PathLike, check: bool = True) -> Path:
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if check:
             _check(prepared, staging)
-    logger.info("wrote ONNX graphs to %s", out_dir)
+    logger.debug("wrote ONNX graphs to %s", out_dir)  # callers name the final folder
     return out_dir
 
 

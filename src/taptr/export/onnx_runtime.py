@@ -4,7 +4,8 @@ It offers what a `TrackStream` asks of a model (`WindowArithmetic`): the per-fra
 the query features, the correlation templates and the layers of a window run as ONNX graphs;
 the window loop itself (which frames form a window, how states are kept, carried over and
 freed) is the same Python code as for the PyTorch network, so streaming, online tracking and
-bounded memory behave identically. CPU only, fp32.
+bounded memory behave identically. CPU only, fp32. It is a `taptr.model_io.StreamModel`
+(`config`, `device`, `stream`), which is all `Tracker` and the online tracker ask of a model.
 """
 
 from __future__ import annotations
@@ -74,20 +75,12 @@ class OnnxTAPTRv2(WindowArithmetic):
     # ------------------------------------------------------------------ what the stream needs
     @property
     def device(self) -> torch.device:
+        """Always the CPU: `Tracker(..., device="cuda", backend="onnxruntime")` is refused."""
         return torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
-
-    def to(self, device=None, *args, **kwargs) -> "OnnxTAPTRv2":
-        """Stays on the CPU; raises `TaptrError` for any other device."""
-        if device is not None and torch.device(device).type != "cpu":
-            raise TaptrError(f"the onnxruntime backend runs on the CPU, not {device}")
-        return self
-
-    def eval(self) -> "OnnxTAPTRv2":
-        return self
 
     def run_graph(self, name: str, inputs) -> list[torch.Tensor]:
         """Run graph `name` on tensors given in its input order; returns its outputs."""

@@ -78,26 +78,64 @@ def ensure_writable_folder(folder: str | os.PathLike) -> None:
 
 
 def check_can_create_folder(folder: str | os.PathLike) -> None:
-    """Raise `TaptrError` unless `folder` exists and is writable, or could be created.
+    """Raise `TaptrError` (one line, with the system's reason) unless `folder` can hold output.
 
-    Creates nothing: used to refuse a bad output location before any work is done.
+    Used to refuse a bad output location before any work is done. It creates the missing
+    folders and a probe file inside `folder`, as the real output will, then removes what it
+    created: permission bits and `os.access` do not tell (root may "write" to /proc, where
+    nothing can be created; a read-only mount; a path through a file).
     """
-    folder = Path(folder).absolute()
-    if folder.exists():
-        if not folder.is_dir():
-            raise TaptrError(f"output path {str(folder)!r} exists and is not a folder")
-        ensure_writable_folder(folder)
-        return
-    ancestor = folder.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise TaptrError(f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is "
-                         "a file")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise TaptrError(
-            f"cannot create output folder {str(folder)!r}: {str(ancestor)!r} is not writable"
-        )
+    _probe_folder(Path(folder).absolute(), f"output folder {str(folder)!r}")
+
+
+def _probe_folder(folder: Path, output: str) -> None:
+    """`check_can_create_folder` for an absolute `folder`; `output` names what is written in
+    the messages."""
+    if folder.exists() and not folder.is_dir():
+        raise TaptrError(f"cannot write {output}: {str(folder)!r} is a file, not a folder")
+    created = []
+    missing = folder
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
+    if not missing.is_dir():
+        raise TaptrError(f"cannot write {output}: {str(missing)!r} is a file")
+    try:
+        for path in reversed(created):
+            path.mkdir()
+        probe = folder / f".taptr-probe-{secrets.token_hex(4)}"
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise TaptrError(f"cannot write {output}: {reason}") from None
+    finally:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def check_can_write_file(path: str | os.PathLike) -> None:
+    """Raise `TaptrError` unless a file can be written at `path` (its folder may be missing:
+    `write_text_atomic` creates it). Creates nothing; see `check_can_create_folder`."""
+    path = Path(path)
+    if path.is_dir():
+        raise TaptrError(f"cannot write {str(path)!r}: it is a folder")
+    _probe_folder(path.absolute().parent, repr(str(path)))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically, creating missing folders; returns the path.
+    Raises `TaptrError` when the location cannot be written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TaptrError(f"cannot create folder {str(path.parent)!r}: "
+                         f"{error.strerror or error}") from None
+    with atomic_path(path) as temp_path:
+        temp_path.write_text(text, encoding="utf-8")
+    return path
 
 
 @contextlib.contextmanager

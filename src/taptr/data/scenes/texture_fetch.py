@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from taptr.errors import TaptrError
+from taptr.io.atomic import atomic_path, write_text_atomic
 from taptr.text import count
 
 # Plasma wallpapers that are photographs (the others are renders / abstract art).
@@ -191,7 +192,8 @@ def _save_background(source: Path, target: Path, max_side: int) -> None:
             rgb = rgb.resize(
                 (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
             )
-        rgb.save(target, quality=92)
+        with atomic_path(target) as temporary:
+            rgb.save(temporary, quality=92)
 
 
 def _save_cutout(source: Path, target: Path) -> bool:
@@ -203,7 +205,8 @@ def _save_cutout(source: Path, target: Path) -> bool:
     rows = np.flatnonzero(rgba[..., 3].max(axis=1) > 0)
     columns = np.flatnonzero(rgba[..., 3].max(axis=0) > 0)
     cropped = rgba[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-    Image.fromarray(cropped).save(target)
+    with atomic_path(target) as temporary:
+        Image.fromarray(cropped).save(temporary)
     return True
 
 
@@ -237,7 +240,8 @@ def _extract(
     copyright_file = root / "usr/share/doc" / package.name / "copyright"
     if copyright_file.is_file():
         (dest / "licenses").mkdir(exist_ok=True)
-        shutil.copyfile(copyright_file, dest / "licenses" / f"{package.name}.copyright")
+        with atomic_path(dest / "licenses" / f"{package.name}.copyright") as temporary:
+            shutil.copyfile(copyright_file, temporary)
     result.licences = _licences(copyright_file)
 
 
@@ -265,9 +269,7 @@ def write_licence_note(dest: Path, results: list[PackageResult]) -> Path:
         lines.append("")
         lines += [f"  - {name}" for name in result.files]
         lines.append("")
-    path = dest / "LICENSES.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text_atomic(dest / "LICENSES.md", "\n".join(lines))
 
 
 def fetch_textures(
