@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from taptr.config import get_preset
 from taptr.data.sample import TrackingSample
 from taptr.models import build_model
-from taptr.models.correlation import LocalCorrelation, window_offsets
+from taptr.models.additions.correlation import LocalCorrelation, window_offsets
 from taptr.training.curves import baseline_scores, curve_table
 from taptr.distributed import DistributedContext
 from taptr.training.sources import DifficultyRamp
@@ -195,7 +195,7 @@ def test_validation_curve_rows_and_table(tmp_path):
 def test_window_patches_equal_patches_read_one_by_one():
     from reference_correlation import patch_descriptors
 
-    from taptr.models.correlation import window_patch_descriptors
+    from taptr.models.additions.correlation import window_patch_descriptors
 
     generator = torch.Generator().manual_seed(2)
     image = torch.randn(2, 3, 20, 24, generator=generator)
@@ -211,7 +211,7 @@ def test_window_patches_equal_patches_read_one_by_one():
 
 @pytest.mark.parametrize("vertex", [(0.3, -0.2), (-1.4, 2.25), (0.0, 0.0)])
 def test_peak_subpixel_finds_the_vertex_of_a_paraboloid(vertex):
-    from taptr.models.correlation import peak_subpixel
+    from taptr.models.additions.correlation import peak_subpixel
 
     offsets = window_offsets(3)
     scores = -((offsets - torch.tensor(vertex)) ** 2).sum(-1)  # peak exactly at `vertex`
@@ -220,7 +220,7 @@ def test_peak_subpixel_finds_the_vertex_of_a_paraboloid(vertex):
 
 
 def test_window_ncc_equals_the_dot_products_of_materialised_patches():
-    from taptr.models.correlation import window_ncc, window_patch_descriptors
+    from taptr.models.additions.correlation import window_ncc, window_patch_descriptors
 
     generator = torch.Generator().manual_seed(5)
     image = torch.randn(2, 3, 20, 24, generator=generator)
@@ -235,7 +235,7 @@ def test_window_ncc_equals_the_dot_products_of_materialised_patches():
 
 
 def test_templates_refresh_only_where_a_point_is_updated_and_visible():
-    from taptr.models.windows import FrameState
+    from taptr.models.taptrv2.windows import FrameState
 
     config = get_preset("tiny").replace(correlation_stages=(1,), correlation_patch=2,
                                         initialisation="tracking",
@@ -267,7 +267,7 @@ def test_flat_patches_correlate_zero_not_plus_or_minus_one():
     """Outside the image the padding is constant: those patches have no texture, so their NCC
     is 0. (Before PATCH_MIN_NORM, rounding residues divided by a 1e-12 norm gave +-1 there,
     and points near the border jumped outside.)"""
-    from taptr.models.correlation import window_ncc, window_patch_descriptors
+    from taptr.models.additions.correlation import window_ncc, window_patch_descriptors
 
     generator = torch.Generator().manual_seed(6)
     image = torch.randn(1, 3, 64, 64, generator=generator) + 1.7
@@ -351,7 +351,7 @@ def test_point_chunks_give_the_same_correlation_result():
 def test_window_sampling_from_crops_equals_grid_sample_everywhere():
     """`sample_window` and `window_cosine` (integer crops blended once) give `sample_map`'s
     values and gradients, for anchors inside, on the border and far outside the map."""
-    from taptr.models.correlation import sample_map, sample_window, window_cosine
+    from taptr.models.additions.correlation import sample_map, sample_window, window_cosine
 
     generator = torch.Generator().manual_seed(11)
     radius = 3

@@ -10,7 +10,7 @@ import torch
 
 from taptr.models.backbone import build_backbone
 from taptr.models.common import softmax_last
-from taptr.models.correlation import (_crops_by_row_segments, _window_indices, _window_start,
+from taptr.models.additions.correlation import (_crops_by_row_segments, _window_indices, _window_start,
                                       sample_map, sample_window, window_offsets)
 from taptr.models.deformable_attention import LevelLayout, pack_levels, pack_levels_rows
 from taptr.models.fused_backbone import FusedConv2d, fuse_backbone, fused_kernels_available

@@ -9,8 +9,8 @@ import torch
 
 from taptr.config import get_preset
 from taptr.models import build_model, window_starts
-from taptr.models.decoder import DecoderLayer, WindowInputs
-from taptr.models.deformable_attention import LevelLayout
+from taptr.models.taptrv2.decoder import DecoderLayer, WindowInputs
+from taptr.models.taptrv2.levels import LevelLayout
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,8 @@ def test_apu_moves_the_point_to_the_sampled_location(shapes, chosen):
 
 
 def test_same_group_mask_is_none_only_for_uniform_flags_and_kept_under_tracing(monkeypatch):
-    from taptr.models.attention import MultiheadAttention, same_group_mask
+    from taptr.models.taptrv2.attention import MultiheadAttention
+    from taptr.models.taptrv2.ops import same_group_mask
 
     uniform = torch.tensor([[True, True, True], [False, False, False]])
     mixed = torch.tensor([[True, False, True], [False, False, False]])
@@ -199,7 +200,7 @@ def test_same_group_mask_is_none_only_for_uniform_flags_and_kept_under_tracing(m
 
 
 def test_point_sine_embedding_follows_the_official_formula():
-    from taptr.models.position_encoding import point_sine_embedding
+    from taptr.models.taptrv2.position_encoding import point_sine_embedding
 
     points = torch.tensor([[0.25, 0.75, 0.1, 0.4]])
     embedding = point_sine_embedding(points, 8, temperature=10.0)

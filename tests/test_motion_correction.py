@@ -10,8 +10,8 @@ from taptr import Tracker
 from taptr.config import get_preset
 from taptr.errors import TaptrError
 from taptr.models import build_model
-from taptr.models.common import inverse_sigmoid
-from taptr.models.motion_correction import correct_jumps, neighbour_motion
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.additions.motion_correction import correct_jumps, neighbour_motion
 from tracking_helpers import moving_square_frames
 
 
@@ -120,7 +120,7 @@ def test_a_corrected_position_carries_no_gradient_and_the_others_keep_theirs():
 
 
 def test_many_points_in_blocks_equal_one_block(monkeypatch):
-    import taptr.models.motion_correction as module
+    import taptr.models.additions.motion_correction as module
 
     torch.manual_seed(0)
     before = torch.rand(50, 2) * 200

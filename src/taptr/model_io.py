@@ -21,8 +21,8 @@ from taptr.coords import model_to_pixel, pixel_to_model
 from taptr.device import (autocast, keep_freed_memory, precision_name, resolve_device,
                           resolve_precision)
 from taptr.models import TAPTRv2
-from taptr.models.inference import optimized_for_inference
-from taptr.models.taptrv2 import VISIBLE_THRESHOLD
+from taptr.models.kernels import prepare_for_inference
+from taptr.models.taptrv2.model import VISIBLE_THRESHOLD
 from taptr.preprocess import normalize, resize_frames
 
 
@@ -39,20 +39,26 @@ class PixelChunk:
 class ModelIO:
     """A TAPTRv2 model on a device, with everything needed to feed it and read it.
 
-    model: a `taptr.models.TAPTRv2` (copied and optimised for inference: batch norms folded,
-    channels-last backbone) or anything with its `config` and `stream`.
+    model: a `taptr.models.TAPTRv2` (copied and prepared for inference with the kernels of
+    `options.kernels`, `taptr.models.kernels.prepare_for_inference`) or anything with its
+    `config` and `stream`.
     device: as `taptr.device.resolve_device` (None = CUDA when available, else CPU).
     precision: as `taptr.device.resolve_precision` (None/"fp32", "bf16", "fp16").
-    Raises `TaptrError` for an unknown or unavailable device or precision.
+    options: `TrackingOptions` of every stream (None: the model's defaults).
+    Raises `TaptrError` for an unknown or unavailable device, precision or kernels.
     """
 
-    def __init__(self, model, device=None, precision=None):
+    def __init__(self, model, device=None, precision=None, options=None):
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # fewer page faults for large tensors (taptr.device)
+        if options is None:
+            options = getattr(model, "default_options", None)
+        self.options = options
         if isinstance(model, TAPTRv2):
-            model = optimized_for_inference(model)
+            model = prepare_for_inference(model, options.kernels if options else None,
+                                          self.device, self.autocast_dtype)
         self.model = model.to(self.device).eval()
         self.visible_threshold = VISIBLE_THRESHOLD
 
@@ -117,7 +123,7 @@ class ModelIO:
         """
         with torch.inference_mode(), self.autocast():
             stream = self.model.stream(points, query_frames, num_frames=num_frames,
-                                       point_chunk=point_chunk)
+                                       point_chunk=point_chunk, options=self.options)
             for chunk in stream.run(self._batches(frames, on_frames)):
                 converted = self.to_pixels(chunk, num_points, video_size)
                 if converted is not None:
