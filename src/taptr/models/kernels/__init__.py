@@ -29,7 +29,7 @@ from taptr.models.kernels.feed_forward import chunked_feed_forward
 from taptr.models.kernels.prepare import ChannelsLast, fold_frozen_batchnorm
 from taptr.models.kernels.sampling import gather_deformable_attention, gather_key_aware_attention
 from taptr.models.kernels.softmax import softmax_last
-from taptr.models.taptrv2.common import feed_forward
+from taptr.models.taptrv2.common import feed_forward as one_pass_feed_forward
 from taptr.models.taptrv2.ops import REFERENCE_OPS, PaperOps, same_group_mask, softmax
 
 KERNELS = ("reference", "fast", "inference")
@@ -56,7 +56,7 @@ def paper_ops(name: str, device: torch.device) -> PaperOps:
     cpu = torch.device(device).type == "cpu"
     return PaperOps(name, gather_deformable_attention, gather_key_aware_attention,
                     softmax_last if cpu else softmax,
-                    chunked_feed_forward if cpu and name == "inference" else feed_forward,
+                    chunked_feed_forward if cpu and name == "inference" else one_pass_feed_forward,
                     mask_unless_uniform)
 
 
