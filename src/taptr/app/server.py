@@ -94,12 +94,14 @@ class AppServer:
         self.close()
 
 
-def start_app(tracker=None, *, weights=None, device=None, host: str = DEFAULT_HOST,
+def start_app(tracker=None, *, weights=None, device=None, options=None,
+              host: str = DEFAULT_HOST,
               port: int | None = None, max_frames: int | None = DEFAULT_MAX_FRAMES) -> AppServer:
     """Load the tracker (unless given) and serve the page at http://host:port/ in a background
     thread; returns the running `AppServer`.
 
-    weights/device: as `Tracker.from_pretrained` (None: bundled weights, GPU when available).
+    weights/device/options: as `Tracker.from_pretrained` (None: bundled weights, GPU when
+    available, the weights' default tracking options).
     port: None picks the first free port from 7860. max_frames: longest video accepted.
     """
     require_gradio()
@@ -110,7 +112,7 @@ def start_app(tracker=None, *, weights=None, device=None, host: str = DEFAULT_HO
     if tracker is None:
         from taptr.tracker import Tracker
 
-        tracker = Tracker.from_pretrained(weights, device=device)
+        tracker = Tracker.from_pretrained(weights, device=device, options=options)
     work_dir = tempfile.TemporaryDirectory(prefix="taptr-app-", ignore_cleanup_errors=True)
     previous = os.environ.get(_TEMP_ENV)
     os.environ[_TEMP_ENV] = work_dir.name  # read by Gradio when building and launching

@@ -37,13 +37,18 @@ def register(subparsers) -> None:
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, metavar="N",
                         help=f"refuse longer videos (default {DEFAULT_MAX_FRAMES}; 0: no limit)")
+    from taptr.cli import tracking_options
+
+    tracking_options.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from taptr.app import require_gradio, start_app
     from taptr.app.server import is_loopback
+    from taptr.cli.tracking_options import option_changes
 
+    options = option_changes(args)
     require_gradio()  # before the slow model load
     if args.max_frames < 0:
         raise TaptrError(f"--max-frames must not be negative, got {args.max_frames}")
@@ -52,7 +57,8 @@ def run(args) -> int:
               "machines; it has no login, so anyone who reaches it can upload videos and use "
               "this machine's processor", file=sys.stderr)
     with _sigterm_as_interrupt():
-        server = start_app(weights=args.weights, device=args.device, host=args.host,
+        server = start_app(weights=args.weights, device=args.device, options=options,
+                           host=args.host,
                            port=args.port, max_frames=args.max_frames or None)
         try:
             print(f"taptr app: open {server.url} in a browser (Ctrl+C stops it)")

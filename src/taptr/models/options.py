@@ -57,6 +57,10 @@ class TrackingOptions:
                              f"{self.motion_correction_neighbours}")
         if self.point_chunk is not None and self.point_chunk < 1:
             raise TaptrError(f"point_chunk must be positive, got {self.point_chunk}")
+        if self.kernels is not None:
+            from taptr.models.kernels import check_kernels
+
+            check_kernels(self.kernels)
 
     def replace(self, **changes) -> "TrackingOptions":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
