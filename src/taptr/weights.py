@@ -96,7 +96,7 @@ def load_weights(name_or_path=None, device=None):
     path = resolve_weights(name_or_path)
     config, options = read_weights_metadata(path)
     model = build_model(config, options)
-    state = model.upgrade_state_dict(load_file(str(path)))
+    state = load_file(str(path))  # older keys are renamed by load_state_strict
     load_state_strict(model, {k: v.float() if v.is_floating_point() else v
                               for k, v in state.items()})
     return model.to(device or "cpu").eval()

@@ -61,7 +61,7 @@ _SETTINGS = (
      "decoder layers whose positions are supervised: all (official) or last"),
     ("--train-only", "train_only", lambda t: tuple(p for p in t.split(",") if p),
      "train only parameters whose names start with these prefixes, comma-separated "
-     "(e.g. decoder.correlation)"),
+     "(e.g. hooks.correlation)"),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--optimizer", "optimizer", str, "adamw (official) or sgd (Nesterov momentum 0.9)"),
     ("--schedule", "schedule", str, "cosine, multistep or constant"),

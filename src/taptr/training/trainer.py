@@ -80,7 +80,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     lr_backbone: float = 0.0  # parameters whose name contains 'backbone'; 0 freezes them
-    # Train only parameters whose name starts with one of these (e.g. 'decoder.correlation');
+    # Train only parameters whose name starts with one of these (e.g. 'hooks.correlation');
     # empty: all (ours, for fine-tuning a part of a model that already tracks).
     train_only: tuple[str, ...] = ()
     # Ours: cap each point-frame's location error at this many input pixels (0: the official
@@ -309,8 +309,11 @@ class Trainer:
         """No gradient for the backbone when lr_backbone is 0 (and no backward through it), and
         for every parameter outside `train_only` when it is given."""
         matched = set()
+        # Prefixes of older parameter names (e.g. 'decoder.correlation') still select.
+        current = {prefix: self.model.upgrade_key(prefix) for prefix in config.train_only}
         for name, parameter in self.model.named_parameters():
-            prefixes = {prefix for prefix in config.train_only if name.startswith(prefix)}
+            prefixes = {prefix for prefix in config.train_only
+                        if name.startswith(current[prefix])}
             matched |= prefixes
             outside = bool(config.train_only) and not prefixes
             if (config.lr_backbone == 0 and "backbone" in name) or outside:

@@ -203,19 +203,19 @@ class TAPTRv2(WindowArithmetic, nn.Module):
             nn.init.zeros_(projection[0].bias)
         self.hooks = nn.ModuleDict({hook.name: hook for hook in hooks})
 
+    def upgrade_key(self, key: str) -> str:
+        """A parameter name (or name prefix) of an older file -> the current one (each hook's
+        `legacy_prefixes`, under `hooks.<name>.`); other names as they are."""
+        probe = key + "."
+        for name, hook in self.hooks.items():
+            for old, new in hook.legacy_prefixes.items():
+                if probe.startswith(old):
+                    return (f"hooks.{name}.{new}" + probe[len(old):]).rstrip(".")
+        return key
+
     def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`state` with keys of older files renamed to the current ones (each hook's
-        `legacy_prefixes`, under `hooks.<name>.`); other keys as they are."""
-        renames = [(old, f"hooks.{name}.{new}") for name, hook in self.hooks.items()
-                   for old, new in hook.legacy_prefixes.items()]
-        upgraded = {}
-        for key, value in state.items():
-            for old, new in renames:
-                if key.startswith(old):
-                    key = new + key[len(old):]
-                    break
-            upgraded[key] = value
-        return upgraded
+        """`state` with keys of older files renamed to the current ones (`upgrade_key`)."""
+        return {self.upgrade_key(key): value for key, value in state.items()}
 
     # ------------------------------------------------------------------ per-frame features
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, LevelLayout]:
