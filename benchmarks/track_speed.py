@@ -107,8 +107,13 @@ def run_worker(args) -> None:
     if args.model:  # {"config": fields, "state": state dict}: the same model under any code
         saved = torch.load(args.model, weights_only=False)
         known = set(ModelConfig.__dataclass_fields__)
-        model = build_model(ModelConfig(**{k: v for k, v in saved["config"].items()
-                                           if k in known}))
+        config = ModelConfig(**{k: v for k, v in saved["config"].items() if k in known})
+        try:  # trees with tracking options: the defaults the config dict carries
+            from taptr.models.options import TrackingOptions
+
+            model = build_model(config, TrackingOptions.from_legacy_config(saved["config"]))
+        except ImportError:  # older trees read them from ModelConfig
+            model = build_model(config)
         model.load_state_dict(saved["state"])
     else:
         model = build_model(args.preset)
@@ -246,9 +251,16 @@ def side_by_side(args) -> str:
         for index, (name, config, points, both) in enumerate(cases):
             torch.manual_seed(0)
             model_file = folder / f"model{index}.pt"
+            model = build_model(config)
+            # The default tracking options in the fields older trees kept in ModelConfig, so
+            # both sides track with the same ones (e.g. the motion correction).
+            options = model.default_options
+            legacy = {"correlation_template_update": options.template_update,
+                      "motion_correction_px": options.motion_correction_px,
+                      "motion_correction_neighbours": options.motion_correction_neighbours}
             with atomic_path(model_file) as temporary:
-                torch.save({"config": dataclasses.asdict(config),
-                            "state": build_model(config).state_dict()}, temporary)
+                torch.save({"config": {**dataclasses.asdict(config), **legacy},
+                            "state": model.state_dict()}, temporary)
             run = dict(preset=config.name, frames=frames, points=points, model=model_file)
             # Alternate the two sides `--repeats` times and keep each side's median run: on a
             # shared machine single runs vary by 10% and more.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from taptr.models.correlation import PATCH_MIN_NORM, sample_map, window_offsets
+from taptr.models.additions.correlation import PATCH_MIN_NORM, sample_map, window_offsets
 
 
 def patch_descriptors(image: torch.Tensor, locations: torch.Tensor,

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from taptr.config import get_preset
 from taptr.data.sample import TrackingSample
-from taptr.models import build_model
-from taptr.models.correlation import LocalCorrelation, window_offsets
+from taptr.models import TrackingOptions, build_model
+from taptr.models.additions.correlation import LocalCorrelation, window_offsets
 from taptr.training.curves import baseline_scores, curve_table
 from taptr.distributed import DistributedContext
 from taptr.training.sources import DifficultyRamp
@@ -84,18 +84,17 @@ def test_the_paper_preset_has_no_additions():
     config = get_preset("taptrv2")
     assert config.correlation_stages == () and config.initialisation == "detr"
     tiny = build_model("tiny")
-    assert tiny.decoder.correlation is None
+    assert "correlation" not in tiny.hooks
     assert not any("correlation" in name for name in tiny.state_dict())
 
 
 @pytest.mark.parametrize("template_update", [0.0, 0.25])
 def test_stream_with_correlation_equals_offline(template_update):
-    config = get_preset("tiny").replace(correlation_stages=(2, 1), initialisation="tracking",
-                                        correlation_template_update=template_update)
+    config = get_preset("tiny").replace(correlation_stages=(2, 1), initialisation="tracking")
     torch.manual_seed(3)
-    model = build_model(config).eval()
+    model = build_model(config, TrackingOptions(template_update=template_update)).eval()
     with torch.no_grad():  # a soft softmax: on noise video, sharp ones turn rounding into ties
-        model.decoder.correlation.log_scale.fill_(3.0)
+        model.hooks["correlation"].log_scale.fill_(3.0)
     generator = torch.Generator().manual_seed(4)
     frames = 14
     video = torch.randn(1, frames, 3, *config.input_size, generator=generator)
@@ -105,7 +104,7 @@ def test_stream_with_correlation_equals_offline(template_update):
         offline = model(video, points, query_frames)
         stream = model.stream(points, query_frames, num_frames=frames)
         chunks = [stream.push(video[:, t:t + 1]) for t in range(frames)] + [stream.finish()]
-        assert len(stream.correlation_maps) <= config.window_size + config.window_stride
+        assert len(stream.extras) <= config.window_size + config.window_stride
         late = model.stream(points[:, :3], query_frames[:, :3], num_frames=frames)
         late.push(video[:, :7])
         late.add_queries(points[:, 3:4], torch.tensor([[9]]))  # a template read mid-stream
@@ -198,7 +197,7 @@ def test_validation_curve_rows_and_table(tmp_path):
 def test_window_patches_equal_patches_read_one_by_one():
     from reference_correlation import patch_descriptors
 
-    from taptr.models.correlation import window_patch_descriptors
+    from taptr.models.additions.correlation import window_patch_descriptors
 
     generator = torch.Generator().manual_seed(2)
     image = torch.randn(2, 3, 20, 24, generator=generator)
@@ -214,7 +213,7 @@ def test_window_patches_equal_patches_read_one_by_one():
 
 @pytest.mark.parametrize("vertex", [(0.3, -0.2), (-1.4, 2.25), (0.0, 0.0)])
 def test_peak_subpixel_finds_the_vertex_of_a_paraboloid(vertex):
-    from taptr.models.correlation import peak_subpixel
+    from taptr.models.additions.correlation import peak_subpixel
 
     offsets = window_offsets(3)
     scores = -((offsets - torch.tensor(vertex)) ** 2).sum(-1)  # peak exactly at `vertex`
@@ -223,7 +222,7 @@ def test_peak_subpixel_finds_the_vertex_of_a_paraboloid(vertex):
 
 
 def test_window_ncc_equals_the_dot_products_of_materialised_patches():
-    from taptr.models.correlation import window_ncc, window_patch_descriptors
+    from taptr.models.additions.correlation import window_ncc, window_patch_descriptors
 
     generator = torch.Generator().manual_seed(5)
     image = torch.randn(2, 3, 20, 24, generator=generator)
@@ -233,24 +232,28 @@ def test_window_ncc_equals_the_dot_products_of_materialised_patches():
     patches = window_patch_descriptors(image, anchors, 3, 2)
     expected = (patches * template[:, :, None]).sum(-1)
     assert torch.allclose(window_ncc(image, anchors, template, 3, 2), expected, atol=1e-5)
-    by_shifts = window_ncc(image, anchors, template, 3, 2, by_shifts=True)
-    assert torch.allclose(by_shifts, expected, atol=1e-5)
+    from taptr.models.kernels import correlation_ops
+
+    by_convolution = window_ncc(image, anchors, template, 3, 2, correlation_ops("inference"))
+    assert torch.allclose(by_convolution, expected, atol=1e-5)
 
 
 def test_templates_refresh_only_where_a_point_is_updated_and_visible():
-    from taptr.models.windows import FrameState
+    from taptr.models.taptrv2.windows import FrameState
+
+    from taptr.models.additions.correlation_update import refreshed_templates
 
     config = get_preset("tiny").replace(correlation_stages=(1,), correlation_patch=2,
-                                        initialisation="tracking",
-                                        correlation_template_update=0.25)
+                                        initialisation="tracking")
     model = build_model(config).eval()
+    hook = model.hooks["correlation"]
     height, width = config.input_size
     frame = translated_texture(1, max(height, width), (0.0, 0.0), seed=9)[:, :, :height, :width]
     with torch.no_grad():
-        maps = model.encode(frame).correlation_maps
+        maps = model.encode(frame).extras["correlation"]
         first_points = torch.tensor([[[0.3, 0.3], [0.5, 0.5], [0.7, 0.4], [0.4, 0.7]]])
         now = first_points + torch.tensor([1.0 / width, 0.0])  # one pixel to the right
-        initial = model.correlation_templates(maps, first_points)
+        initial = hook.templates(maps, first_points)
         current = [t.flip(1) for t in initial]  # as left by some earlier refresh
         logits = torch.cat((torch.logit(now), torch.zeros_like(now)), -1)
         logits = logits[None].expand(config.decoder_layers, -1, -1, -1)
@@ -258,8 +261,8 @@ def test_templates_refresh_only_where_a_point_is_updated_and_visible():
         vis[-1, 0, :, 1] = torch.tensor([3.0, -3.0, 3.0, 3.0])  # point 1 is occluded
         tail = FrameState(logits, logits, vis, torch.zeros(1, 4, config.hidden_dim))
         updated = torch.tensor([[True, True, False, True]])  # point 2 starts later
-        refreshed = model.refresh_templates(current, initial, maps, tail, updated)
-        recent = model.correlation_templates(maps, now)
+        refreshed = refreshed_templates(hook, current, initial, maps, tail, updated, 0.25)
+        recent = hook.templates(maps, now)
     for level, (new, old, first, seen) in enumerate(zip(refreshed, current, initial, recent)):
         expected = F.normalize(0.75 * first + 0.25 * seen, dim=-1)
         assert torch.allclose(new[0, [0, 3]], expected[0, [0, 3]], atol=1e-5), level
@@ -270,7 +273,7 @@ def test_flat_patches_correlate_zero_not_plus_or_minus_one():
     """Outside the image the padding is constant: those patches have no texture, so their NCC
     is 0. (Before PATCH_MIN_NORM, rounding residues divided by a 1e-12 norm gave +-1 there,
     and points near the border jumped outside.)"""
-    from taptr.models.correlation import window_ncc, window_patch_descriptors
+    from taptr.models.additions.correlation import window_ncc, window_patch_descriptors
 
     generator = torch.Generator().manual_seed(6)
     image = torch.randn(1, 3, 64, 64, generator=generator) + 1.7
@@ -337,7 +340,7 @@ def test_point_chunks_give_the_same_correlation_result():
     torch.manual_seed(8)
     model = build_model(config).eval()
     with torch.no_grad():
-        model.decoder.correlation.log_scale.fill_(3.0)
+        model.hooks["correlation"].log_scale.fill_(3.0)
     generator = torch.Generator().manual_seed(9)
     video = torch.randn(1, 10, 3, *config.input_size, generator=generator)
     points = torch.rand(1, 7, 2, generator=generator)
@@ -354,7 +357,7 @@ def test_point_chunks_give_the_same_correlation_result():
 def test_window_sampling_from_crops_equals_grid_sample_everywhere():
     """`sample_window` and `window_cosine` (integer crops blended once) give `sample_map`'s
     values and gradients, for anchors inside, on the border and far outside the map."""
-    from taptr.models.correlation import sample_map, sample_window, window_cosine
+    from taptr.models.additions.correlation import sample_map, sample_window, window_cosine
 
     generator = torch.Generator().manual_seed(11)
     radius = 3

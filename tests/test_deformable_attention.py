@@ -1,6 +1,7 @@
 """The packed-canvas deformable attention equals the slow reference with both samplings
-('gather' and 'grid_sample'), in values and gradients, and samples the right pixels on
-non-square maps."""
+(the fast kernels' row gathers, `taptr.models.kernels.sampling`, and the paper package's
+`grid_sample` reference, `taptr.models.taptrv2.ops`), in values and gradients, and samples the
+right pixels on non-square maps."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ import torch
 
 from reference_deformable import (reference_deformable_attention,
                                   reference_key_aware_attention)
-from taptr.models.deformable_attention import (SAMPLING, LevelLayout, deformable_attention,
-                                               key_aware_attention, pack_levels, sample_packed)
+from taptr.errors import TaptrError
+from taptr.models import build_model
+from taptr.models.kernels import use_kernels
+from taptr.models.kernels.sampling import gather_deformable_attention, gather_key_aware_attention
+from taptr.models.taptrv2 import ops
+from taptr.models.taptrv2.levels import LevelLayout, pack_levels, sample_packed
+
+SAMPLING = ("gather", "grid_sample")  # the fast kernel, the reference
+
+
+def deformable_attention(*args, sampling: str, **kwargs):
+    kernel = gather_deformable_attention if sampling == "gather" else ops.deformable_attention
+    return kernel(*args, **kwargs)
+
+
+def key_aware_attention(*args, sampling: str, **kwargs):
+    kernel = gather_key_aware_attention if sampling == "gather" else ops.key_aware_attention
+    return kernel(*args, **kwargs)
 
 SHAPES = [
     [(6, 9), (3, 5), (2, 2)],      # wider than tall, odd sizes
@@ -81,11 +98,9 @@ def test_both_samplings_give_the_same_gradients(shapes):
         assert gather.abs().max() > 0
 
 
-def test_an_unknown_sampling_is_refused():
-    values, locations, weights = random_case(SHAPES[0], 0)
-    with pytest.raises(ValueError, match="sampling must be one of"):
-        deformable_attention(values, LevelLayout.from_shapes(SHAPES[0]), locations, weights,
-                             sampling="nearest")
+def test_unknown_kernels_are_refused():
+    with pytest.raises(TaptrError, match="unknown kernels 'nearest'"):
+        use_kernels(build_model("tiny"), "nearest")
 
 
 @pytest.mark.parametrize("sampling", SAMPLING)

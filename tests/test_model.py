@@ -9,8 +9,8 @@ import torch
 
 from taptr.config import get_preset
 from taptr.models import build_model, window_starts
-from taptr.models.decoder import DecoderLayer, WindowInputs
-from taptr.models.deformable_attention import LevelLayout
+from taptr.models.taptrv2.decoder import DecoderLayer, WindowInputs
+from taptr.models.taptrv2.levels import LevelLayout
 
 
 @pytest.fixture(scope="module")
@@ -179,17 +179,18 @@ def test_apu_moves_the_point_to_the_sampled_location(shapes, chosen):
     assert 0 <= read_x <= width - 1
 
 
-def test_same_group_mask_is_none_only_for_uniform_flags_and_kept_under_tracing(monkeypatch):
-    from taptr.models.attention import MultiheadAttention, same_group_mask
+def test_same_group_mask_is_none_only_for_uniform_flags_in_the_fast_kernels():
+    from taptr.models.kernels import mask_unless_uniform
+    from taptr.models.taptrv2.attention import MultiheadAttention
+    from taptr.models.taptrv2.ops import same_group_mask
 
     uniform = torch.tensor([[True, True, True], [False, False, False]])
     mixed = torch.tensor([[True, False, True], [False, False, False]])
-    assert same_group_mask(uniform) is None
-    assert same_group_mask(mixed).tolist()[0] == [[True, False, True], [False, True, False],
-                                                  [True, False, True]]
-    with monkeypatch.context() as patch:  # an exporter tracing: the graph must keep the mask
-        patch.setattr(torch.jit, "is_tracing", lambda: True)
-        assert same_group_mask(uniform).all()
+    assert mask_unless_uniform(uniform) is None
+    assert same_group_mask(uniform).all()  # the reference (and export) keeps the mask
+    for mask in (same_group_mask, mask_unless_uniform):
+        assert mask(mixed).tolist()[0] == [[True, False, True], [False, True, False],
+                                           [True, False, True]]
     torch.manual_seed(0)
     attention = MultiheadAttention(8, 2).eval()
     tokens = torch.randn(2, 3, 8)
@@ -199,7 +200,7 @@ def test_same_group_mask_is_none_only_for_uniform_flags_and_kept_under_tracing(m
 
 
 def test_point_sine_embedding_follows_the_official_formula():
-    from taptr.models.position_encoding import point_sine_embedding
+    from taptr.models.taptrv2.position_encoding import point_sine_embedding
 
     points = torch.tensor([[0.25, 0.75, 0.1, 0.4]])
     embedding = point_sine_embedding(points, 8, temperature=10.0)

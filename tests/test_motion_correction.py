@@ -1,4 +1,4 @@
-"""The neighbour motion correction (ours; taptr.models.motion_correction)."""
+"""The neighbour motion correction (ours; taptr.models.additions.motion_correction)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import torch
 from taptr import Tracker
 from taptr.config import get_preset
 from taptr.errors import TaptrError
-from taptr.models import build_model
-from taptr.models.common import inverse_sigmoid
-from taptr.models.motion_correction import correct_jumps, neighbour_motion
+from taptr.models import TrackingOptions, build_model
+from taptr.models.additions.motion_correction import (MotionCorrection, correct_jumps,
+                                                      neighbour_motion)
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.taptrv2.windows import FrameState, WindowBatch
 from tracking_helpers import moving_square_frames
 
 
@@ -120,7 +122,7 @@ def test_a_corrected_position_carries_no_gradient_and_the_others_keep_theirs():
 
 
 def test_many_points_in_blocks_equal_one_block(monkeypatch):
-    import taptr.models.motion_correction as module
+    import taptr.models.additions.motion_correction as module
 
     torch.manual_seed(0)
     before = torch.rand(50, 2) * 200
@@ -145,32 +147,67 @@ def test_without_the_previous_frame_the_first_frame_is_not_checked():
     assert not torch.equal(corrected[1], logits[1])
 
 
-def test_the_correction_is_a_config_setting_that_streams_and_validates():
-    assert get_preset("small").motion_correction_px == 16.0
-    assert get_preset("taptrv2").motion_correction_px == 0.0  # the paper's model is unchanged
+def test_the_correction_is_a_tracking_option_that_streams_and_validates():
+    assert build_model("small").default_options.motion_correction_px == 16.0
+    assert build_model("taptrv2").default_options.motion_correction_px == 0.0  # the paper's
     with pytest.raises(TaptrError, match="motion_correction_px"):
-        get_preset("tiny").replace(motion_correction_px=-1.0)
+        TrackingOptions(motion_correction_px=-1.0)
     torch.manual_seed(0)
     model = build_model(get_preset("tiny"))
     frames = moving_square_frames(14, 64, 96)
     xs, ys = np.meshgrid(np.linspace(10, 80, 4), np.linspace(10, 50, 3))
     queries = np.stack([np.zeros(12), xs.ravel(), ys.ravel()], 1).astype(np.float32)
     plain = Tracker(model).track(frames, queries=queries, progress=False)
-    model.config.motion_correction_px = 1e6  # on, but nothing is a jump
-    loose = Tracker(model).track(frames, queries=queries, progress=False)
+    # On, but nothing is a jump: the same tracks.
+    loose = Tracker(model, options={"motion_correction_px": 1e6}).track(
+        frames, queries=queries, progress=False)
     np.testing.assert_array_equal(np.asarray(plain.tracks), np.asarray(loose.tracks))
-    model.config.motion_correction_px = 1e-3  # every deviation is a jump: points move together
-    strict = Tracker(model).track(frames, queries=queries, progress=False)
-    motion = np.diff(np.asarray(strict.tracks), axis=1)  # [N, T - 1, 2]
-    assert np.isfinite(motion).all()
-    assert not np.array_equal(np.asarray(strict.tracks), np.asarray(plain.tracks))
+    # Every deviation is a jump: in every window after the first, each motion is replaced by
+    # its neighbours' median, so the points' motions spread less than without the correction.
+    strict = Tracker(model, options={"motion_correction_px": 1e-3}).track(
+        frames, queries=queries, progress=False)
+    window = get_preset("tiny").window_stride
+
+    def spread(tracks):
+        motion = np.diff(np.asarray(tracks)[:, window:], axis=1)  # [N, t, 2]
+        return np.abs(motion - np.median(motion, axis=0, keepdims=True)).mean()
+
+    assert np.isfinite(np.asarray(strict.tracks)).all()
+    assert spread(strict.tracks) < 0.75 * spread(plain.tracks)  # measured 0.35 vs 0.59
+
+
+def test_a_jumped_point_follows_its_neighbours_and_the_others_stay():
+    """Through the hook: point 5 jumps 40 px in frame 1 while all points move (3, 1) px per
+    frame; after the window it is where its neighbours' median motion takes it, in frame 1 and
+    in frame 2, and every other point is exactly as decoded."""
+    scale = 255.0
+    motion = torch.tensor([3.0, 1.0])
+    decoded = [grid(3, 4) + motion * t for t in range(3)]
+    for frame in decoded[1:]:
+        frame[5] += torch.tensor([40.0, 0.0])
+    logits = [as_logits(f, scale) for f in decoded]
+    states = [FrameState(l, l, torch.zeros(1, 1, 12, 3), torch.zeros(1, 12, 4))
+              for l in logits[1:]]
+    session = MotionCorrection((256, 256)).start(TrackingOptions(motion_correction_px=16.0))
+    window = WindowBatch(frame_ids=torch.tensor([1, 2]), states=states, memory=[], extras=[],
+                         layout=None, query_frames=torch.zeros(1, 12, dtype=torch.long),
+                         initial_content=torch.zeros(1, 12, 4), previous_positions=logits[0])
+    corrected = session.after_window(window, states)
+    others = torch.arange(12) != 5
+    for offset, state in enumerate(corrected, 1):
+        pixels = torch.sigmoid(state.position_logits[-1, 0, :, :2]) * scale
+        assert torch.allclose(pixels[5], grid(3, 4)[5] + motion * offset, atol=0.05)
+        assert torch.equal(state.position_logits[:, :, others], logits[offset][:, :, others])
+        assert torch.equal(state.apu_logits[-1, 0, 5], state.position_logits[-1, 0, 5])
+        assert torch.equal(state.vis_logits, states[offset - 1].vis_logits)
+    assert MotionCorrection((256, 256)).start(TrackingOptions()) is None  # off by default
 
 
 def test_every_frame_is_checked_offline_as_online(monkeypatch):
     """Frames before a window's first frame are freed once final; the stream keeps the last one
     so the correction checks every frame. Offline (length known) and online (unknown) give the
     same tracks except in the last window, as without the correction."""
-    import taptr.models.windows as windows
+    import taptr.models.additions.motion_correction as windows
 
     checked_frames = []
     original = windows.correct_jumps
@@ -182,7 +219,7 @@ def test_every_frame_is_checked_offline_as_online(monkeypatch):
 
     monkeypatch.setattr(windows, "correct_jumps", spy)
     torch.manual_seed(0)
-    model = build_model(get_preset("tiny").replace(motion_correction_px=0.5)).eval()
+    model = build_model(get_preset("tiny"), TrackingOptions(motion_correction_px=0.5)).eval()
     tracker = Tracker(model)
     frames = moving_square_frames(21, 64, 96)
     xs, ys = np.meshgrid(np.linspace(10, 80, 4), np.linspace(10, 50, 3))

@@ -15,7 +15,7 @@ import torch
 
 from official_cases import case_inputs, cases_dir, require_cases, seeded_state
 from taptr import load_official
-from taptr.models.common import inverse_sigmoid
+from taptr.models.taptrv2.common import inverse_sigmoid
 
 TOLERANCE = 1e-4
 # No case found: one placeholder, so that each test reports the missing cases itself.

@@ -193,7 +193,7 @@ def test_encoder_graph_with_query_chunks_tracks_like_pytorch(monkeypatch, tmp_pa
     encoder graph takes one frame, keeps the chunks, and the backend feeds it frame by
     frame."""
     _require_onnx()
-    import taptr.models.taptrv2 as taptrv2_module
+    import taptr.models.taptrv2.model as taptrv2_module
     from taptr.export import export_onnx
 
     monkeypatch.setattr(taptrv2_module, "CHUNK_BUDGET", 38400)  # several chunks for the tiny model

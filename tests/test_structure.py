@@ -143,3 +143,18 @@ def test_the_write_scan_finds_a_plain_write(tmp_path):
                       "    open(path, 'a').write('x')\n    open(path).read()\n")
     assert _unrouted_writes(module, tmp_path) == ["writer.py:4: np.save(path, a)",
                                                   "writer.py:7: open(path, 'a')"]
+
+def test_the_paper_package_imports_no_addition_or_kernel_and_names_none():
+    """models/taptrv2 is the paper's network: it imports nothing from models/additions or
+    models/kernels (not even inside functions), and names none of our additions."""
+    paper = PACKAGE / "models" / "taptrv2"
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    ours = ("taptr.models.additions", "taptr.models.kernels", "taptr.models.build",
+            "taptr.models.options")
+    for path in sorted(paper.rglob("*.py")):
+        imported = _imports(path, modules)
+        bad = sorted(name for name in imported if name.startswith(ours))
+        assert not bad, f"{path.name} imports {bad}"
+        text = path.read_text().lower()
+        for word in ("correlation", "template", "motion_correction", "motion correction"):
+            assert word not in text, f"{path.name} names {word!r}"

@@ -179,3 +179,20 @@ def test_one_point_one_frame_and_an_odd_size_are_reported_as_they_are(tmp_path, 
               "16x18 (last column/row repeated); .webm, .avi or .gif keep the size")
     assert len(stderr.splitlines()) == 1 and notice in stderr, stderr
     assert open_video(out / "overlay.mp4").size == (16, 18)
+
+
+def test_track_cli_turns_each_addition_off(tmp_path, monkeypatch):
+    """`taptr track --help` offers a flag per addition; the flags reach the tracker's options,
+    and a bad --option is a one-line error before any work."""
+    from taptr.cli import main
+    from taptr.cli.tracking_options import add_arguments, option_changes
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--no-correlation", "--no-motion-correction",
+                              "--option", "template_update=0.5", "--option", "kernels=reference"])
+    assert option_changes(args) == {"correlation": False, "motion_correction_px": 0.0,
+                                    "template_update": 0.5, "kernels": "reference"}
+    assert option_changes(parser.parse_args([])) is None
+    assert main(["track", "clip.mp4", "--option", "speed=11"]) == 2

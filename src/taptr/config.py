@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from taptr.errors import TaptrError
 
+# Fields of ModelConfig before the tracking options moved out of it.
+LEGACY_TRACKING_FIELDS = ("correlation_template_update", "motion_correction_px",
+                          "motion_correction_neighbours")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 DECODER_MODULES = ("ca", "tsa", "sa", "ffn")
 
@@ -70,18 +73,10 @@ class ModelConfig:
     # p > 0 adds a last correlation level on the input image: NCC of (2p+1)^2 RGB patches.
     correlation_patch: int = 0
     correlation_pixel_radius: int = 3  # search radius of that level, in input pixels
-    # Weight w of a point's recent appearance in its correlation templates: after each window,
-    # where the point is visible, template = normalise((1 - w) initial + w recent), the recent
-    # one read at its position in the window's last frame (0: the query frame's template only).
-    correlation_template_update: float = 0.0
-    # Neighbour motion correction (models/motion_correction.py): a point whose motion from one
-    # frame to the next departs from the median motion of its `motion_correction_neighbours`
-    # nearest points by more than their spread plus this many input pixels is moved by that
-    # median instead (0: off).
-    motion_correction_px: float = 0.0
-    motion_correction_neighbours: int = 8
+    # (How the network tracks, e.g. the template refresh and the motion correction, is not
+    # architecture: `taptr.models.options.TrackingOptions`.)
     # "detr": the official initialisation; "tracking": ours, under which the untrained model
-    # already tracks (taptr.models.init_tracking).
+    # already tracks (taptr.models.additions.init_tracking).
     initialisation: str = "detr"
 
     def __post_init__(self) -> None:
@@ -101,13 +96,8 @@ class ModelConfig:
             raise TaptrError("correlation_stages must be backbone stages 0..3")
         if self.correlation_patch < 0:
             raise TaptrError("correlation_patch must not be negative")
-        if not 0.0 <= self.correlation_template_update <= 1.0:
-            raise TaptrError("correlation_template_update must be in [0, 1]")
         if self.correlation_radius < 1 or self.correlation_pixel_radius < 1:
             raise TaptrError("correlation_radius and correlation_pixel_radius must be at least 1")
-        if self.motion_correction_px < 0 or self.motion_correction_neighbours < 1:
-            raise TaptrError("motion_correction_px must not be negative and "
-                             "motion_correction_neighbours must be at least 1")
         if self.initialisation not in ("detr", "tracking"):
             raise TaptrError("initialisation must be 'detr' or 'tracking'")
         if not 0.0 <= self.window_update_dropout < 1.0:
@@ -130,6 +120,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
+        """The config of `values`; the tracking fields of files written before
+        `TrackingOptions` (`LEGACY_TRACKING_FIELDS`) are left out (read them with
+        `TrackingOptions.from_legacy_config`)."""
+        values = {k: v for k, v in values.items() if k not in LEGACY_TRACKING_FIELDS}
         return dataclass_from_dict(cls, values, "model config fields")
 
     @classmethod
@@ -168,8 +162,6 @@ def _small() -> ModelConfig:
         correlation_radius=5,
         correlation_patch=4,
         correlation_pixel_radius=10,
-        correlation_template_update=0.25,
-        motion_correction_px=16.0,
         initialisation="tracking",
     )
 
@@ -182,7 +174,6 @@ def _tiny() -> ModelConfig:
                             decoder_layers=2, encoder_points=2, decoder_points=2,
                             input_size=(64, 96), correlation_stages=(), correlation_radius=3,
                             correlation_patch=0, correlation_pixel_radius=3,
-                            correlation_template_update=0.0, motion_correction_px=0.0,
                             initialisation="detr")
 
 

@@ -22,14 +22,14 @@ from taptr.device import (autocast, keep_freed_memory, precision_name, resolve_d
                           resolve_precision)
 from taptr.errors import TaptrError
 from taptr.models import TAPTRv2
-from taptr.models.inference import optimized_for_inference
-from taptr.models.taptrv2 import VISIBLE_THRESHOLD
+from taptr.models.kernels import prepare_for_inference
+from taptr.models.taptrv2.model import VISIBLE_THRESHOLD
 from taptr.preprocess import normalize, resize_frames
 
 
 @runtime_checkable
 class ModelStream(Protocol):
-    """One model pass over a growing video (`taptr.models.windows.TrackStream`).
+    """One model pass over a growing video (`taptr.models.taptrv2.windows.TrackStream`).
 
     frames: normalised [B, t, 3, H_in, W_in]; query points [B, n, 2] model coordinates, query
     frames [B, n]; each call returns a `TrackChunk` of the frames that became final (or None).
@@ -49,7 +49,8 @@ class StreamModel(Protocol):
     """What `ModelIO` (and through it `Tracker` and `OnlineTracker`) needs of a model: its
     `config` (`taptr.config.ModelConfig`: input size, window stride), the `device` it runs on,
     and `stream(query_points [B, N, 2], query_frames [B, N], num_frames=None,
-    point_chunk=None)` returning a `ModelStream`. Implemented by `taptr.models.TAPTRv2` and
+    point_chunk=None, options=None)` returning a `ModelStream` (options: the tracking options,
+    `taptr.models.options.TrackingOptions`). Implemented by `taptr.models.TAPTRv2` and
     the ONNX Runtime backend `taptr.export.OnnxTAPTRv2` (CPU only)."""
 
     config: object
@@ -58,7 +59,8 @@ class StreamModel(Protocol):
     def device(self) -> torch.device: ...
 
     def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
-               num_frames: int | None = None, point_chunk: int | None = None) -> ModelStream: ...
+               num_frames: int | None = None, point_chunk: int | None = None,
+               options=None) -> ModelStream: ...
 
 
 @dataclass
@@ -74,25 +76,32 @@ class PixelChunk:
 class ModelIO:
     """A TAPTRv2 model on a device, with everything needed to feed it and read it.
 
-    model: a `taptr.models.TAPTRv2` (copied, optimised for inference: batch norms folded,
-    channels-last backbone, and moved to `device`) or another `StreamModel` (used as it is:
-    it must already run on `device`).
+    model: a `taptr.models.TAPTRv2` (copied and prepared for inference with the kernels of
+    `options.kernels`, `taptr.models.kernels.prepare_for_inference`, on `device`) or another
+    `StreamModel` (used as it is: it must already run on `device`).
     device: as `taptr.device.resolve_device` (None = CUDA when available, else CPU).
     precision: as `taptr.device.resolve_precision` (None/"fp32", "bf16", "fp16").
+    options: `TrackingOptions` of every stream (None: the model's defaults).
     tune_allocator: on a CPU device, let the process keep the memory PyTorch frees
     (`taptr.device.keep_freed_memory`: fewer page faults, faster; but it changes the whole
     process's allocator, so a library leaves it off unless asked; the `taptr` CLI asks).
-    Raises `TaptrError` for an unknown or unavailable device or precision, or a model that
-    runs on another device; `TypeError` for an object that is not a `StreamModel`.
+    Raises `TaptrError` for an unknown or unavailable device, precision or kernels, or a model
+    that runs on another device; `TypeError` for an object that is not a `StreamModel`.
     """
 
-    def __init__(self, model, device=None, precision=None, tune_allocator: bool = False):
+    def __init__(self, model, device=None, precision=None, options=None,
+                 tune_allocator: bool = False):
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         if tune_allocator and self.device.type == "cpu":
             keep_freed_memory()
+        if options is None:
+            options = getattr(model, "default_options", None)
+        self.options = options
         if isinstance(model, TAPTRv2):
-            model = optimized_for_inference(model).to(self.device).eval()
+            model = prepare_for_inference(model, options.kernels if options else None,
+                                          self.device, self.autocast_dtype)
+            model = model.to(self.device).eval()
         elif not isinstance(model, StreamModel):
             raise TypeError(f"{type(model).__name__} is not a StreamModel (config, device, "
                             "stream): see taptr.model_io.StreamModel")
@@ -162,7 +171,7 @@ class ModelIO:
         """
         with torch.inference_mode(), self.autocast():
             stream = self.model.stream(points, query_frames, num_frames=num_frames,
-                                       point_chunk=point_chunk)
+                                       point_chunk=point_chunk, options=self.options)
             for chunk in stream.run(self._batches(frames, on_frames)):
                 converted = self.to_pixels(chunk, num_points, video_size)
                 if converted is not None:

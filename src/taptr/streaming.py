@@ -60,13 +60,15 @@ class OnlineTracker:
     io: the tracker's `ModelIO` (model, device, precision, frame and point conversion).
     queries: optional initial [N, 3] (t, x, y) rows, any future frame t.
     num_frames: the video's length when known; makes the result identical to offline.
+    options: `TrackingOptions` of this session (None: the tracker's, `io.options`).
     """
 
     def __init__(self, io: ModelIO, queries=None, num_frames: int | None = None,
-                 point_chunk: int | None = None):
+                 point_chunk: int | None = None, options=None):
         self.io = io
         self.num_frames = num_frames
         self.point_chunk = point_chunk
+        self.options = io.options if options is None else options
         self.reset(queries)
 
     # ------------------------------------------------------------------ state
@@ -186,7 +188,8 @@ class OnlineTracker:
         device = self.io.device
         self._model_stream = self.io.model.stream(
             torch.zeros(1, 0, 2, device=device), torch.zeros(1, 0, dtype=torch.long, device=device),
-            num_frames=self.num_frames, point_chunk=self.point_chunk)
+            num_frames=self.num_frames, point_chunk=self.point_chunk,
+            options=self.options)
         self._add_to_model(waiting)
 
     def _update(self, chunk) -> StreamUpdate | None:

@@ -85,19 +85,23 @@ class Tracker:
     under autocast (bf16 also works on CPU).
     backend: "pytorch" (default for a network) or "onnxruntime" (CPU, fp32; a network is
     exported once into taptr's cache, `taptr.backends`); None picks by the model given.
+    options: `taptr.models.TrackingOptions` (our additions on/off and their settings,
+    chunking, padding, kernels), or a dict of changes to the model's default options (None:
+    the defaults stored with the weights). `TrackingOptions.plain()` of them gives the paper's
+    TAPTRv2 stream.
     tune_allocator: on the CPU, let the process keep the memory PyTorch frees (faster; changes
     the whole process's allocator, so off unless asked: `taptr.device.keep_freed_memory`; the
     `taptr` commands turn it on for their own process).
-    Raises `TaptrError` for an unknown or unavailable device, dtype or backend. Feeding and
-    reading the model (frames, points, precision) is `self.io`, a `taptr.model_io.ModelIO`,
-    shared with the online tracker. A `taptr.evaluation.PointTracker`.
+    Raises `TaptrError` for an unknown or unavailable device, dtype, backend or option. Feeding
+    and reading the model (frames, points, precision) is `self.io`, a
+    `taptr.model_io.ModelIO`, shared with the online tracker. A `taptr.evaluation.PointTracker`.
     """
 
     #: `track(..., pad_queries=N)` pads the queries (the official evaluation's 800).
     supports_query_padding = True
 
     def __init__(self, model, device=None, dtype=None, backend: str | None = None,
-                 tune_allocator: bool = False):
+                 options=None, tune_allocator: bool = False):
         from taptr.backends import as_backend, resolve_backend
         from taptr.export.onnx_runtime import OnnxTAPTRv2
 
@@ -109,18 +113,20 @@ class Tracker:
                 raise TaptrError(f"the onnxruntime backend runs in fp32 only, not {dtype}")
             device = "cpu" if device is None else device
         self.backend = backend
-        self.io = ModelIO(as_backend(model, backend), device, dtype, tune_allocator)
+        self.io = ModelIO(as_backend(model, backend), device, dtype,
+                          tracking_options(model, options), tune_allocator)
 
     @classmethod
     def from_pretrained(cls, name_or_path=None, device=None, dtype=None,
-                        backend: str | None = None, tune_allocator: bool = False) -> "Tracker":
+                        backend: str | None = None, options=None,
+                        tune_allocator: bool = False) -> "Tracker":
         """Load bundled weights by name (None = default), our `.safetensors` file, an official
         `.pth` checkpoint, or a folder written by `taptr export` (backend None: onnxruntime
-        for such a folder, pytorch otherwise)."""
+        for such a folder, pytorch otherwise). options: as for `Tracker`."""
         from taptr.backends import resolve_backend
 
         backend = resolve_backend(backend, name_or_path)
-        return cls(load_model(name_or_path), device, dtype, backend, tune_allocator)
+        return cls(load_model(name_or_path), device, dtype, backend, options, tune_allocator)
 
     @property
     def model(self):
@@ -210,12 +216,16 @@ class Tracker:
 
     # ------------------------------------------------------------------ streaming
     def stream(self, queries=None, num_frames: int | None = None,
-               point_chunk: int | None = None) -> OnlineTracker:
+               point_chunk: int | None = None, options=None) -> OnlineTracker:
         """An online tracker: push frames one at a time, get tracks as soon as they are final.
 
+        options: as for `Tracker` (None: this tracker's; the kernels are this tracker's).
         See `taptr.streaming.OnlineTracker`.
         """
-        return OnlineTracker(self.io, queries, num_frames=num_frames, point_chunk=point_chunk)
+        if options is not None:
+            options = tracking_options(self.io.model, options)
+        return OnlineTracker(self.io, queries, num_frames=num_frames, point_chunk=point_chunk,
+                             options=options)
 
     # ------------------------------------------------------------------ one pass
     def _run_pass(self, frames, num_frames: int, points_px: np.ndarray, query_frames: np.ndarray,
@@ -232,6 +242,21 @@ class Tracker:
             frame_ids = torch.cat((frame_ids, extra_frames.to(self.device)), 1)
         return self.io.run(frames, num_frames, points, frame_ids, video_size, num_points,
                            point_chunk, on_frames=bar.update)
+
+
+def tracking_options(model, options=None):
+    """The `TrackingOptions` a tracker of `model` uses: `options` itself, or the model's
+    defaults (`default_options`; `TrackingOptions()` without) changed by a dict `options`."""
+    from taptr.models.options import TrackingOptions
+
+    if isinstance(options, TrackingOptions):
+        return options
+    defaults = getattr(model, "default_options", None) or TrackingOptions()
+    if options is None:
+        return defaults
+    if not isinstance(options, dict):
+        raise TaptrError(f"options must be TrackingOptions or a dict, not {type(options).__name__}")
+    return defaults.replace(**options)
 
 
 def _fill(tracks, visibility, index, keep, out: PixelChunk, points=None) -> None:

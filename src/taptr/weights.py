@@ -56,6 +56,8 @@ def save_weights(model, path: str | os.PathLike, dtype: torch.dtype | None = Non
             tensor = tensor.to(dtype)
         tensors[name] = tensor.contiguous()
     metadata = {"format": "taptr", "config": model.config.to_json()}
+    if getattr(model, "default_options", None) is not None:
+        metadata["tracking_options"] = model.default_options.to_json()
     metadata.update(extra_metadata or {})
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
@@ -63,6 +65,14 @@ def save_weights(model, path: str | os.PathLike, dtype: torch.dtype | None = Non
 
 
 def read_weights_config(path: str | os.PathLike) -> ModelConfig:
+    return read_weights_metadata(path)[0]
+
+
+def read_weights_metadata(path: str | os.PathLike):
+    """(ModelConfig, default TrackingOptions) stored in a weights file. Files written before
+    the tracking options kept them in the config (`TrackingOptions.from_legacy_config`)."""
+    from taptr.models.options import TrackingOptions
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -70,7 +80,12 @@ def read_weights_config(path: str | os.PathLike) -> ModelConfig:
         raise TaptrError(f"cannot read weights {path}: {error}") from None
     if "config" not in metadata:
         raise TaptrError(f"{path} holds no taptr model config in its metadata")
-    return ModelConfig.from_dict(json.loads(metadata["config"]))
+    values = json.loads(metadata["config"])
+    if "tracking_options" in metadata:
+        options = TrackingOptions.from_dict(json.loads(metadata["tracking_options"]))
+    else:
+        options = TrackingOptions.from_legacy_config(values)
+    return ModelConfig.from_dict(values), options
 
 
 def load_weights(name_or_path=None, device=None):
@@ -79,9 +94,9 @@ def load_weights(name_or_path=None, device=None):
     from taptr.models.state_dict import load_state_strict
 
     path = resolve_weights(name_or_path)
-    config = read_weights_config(path)
-    model = build_model(config)
-    state = load_file(str(path))
+    config, options = read_weights_metadata(path)
+    model = build_model(config, options)
+    state = load_file(str(path))  # older keys are renamed by load_state_strict
     load_state_strict(model, {k: v.float() if v.is_floating_point() else v
                               for k, v in state.items()})
     return model.to(device or "cpu").eval()

@@ -94,14 +94,15 @@ class AppServer:
         self.close()
 
 
-def start_app(tracker=None, *, weights=None, device=None, host: str = DEFAULT_HOST,
-              port: int | None = None, max_frames: int | None = DEFAULT_MAX_FRAMES,
+def start_app(tracker=None, *, weights=None, device=None, options=None,
+              host: str = DEFAULT_HOST, port: int | None = None,
+              max_frames: int | None = DEFAULT_MAX_FRAMES,
               tune_allocator: bool = False) -> AppServer:
     """Load the tracker (unless given) and serve the page at http://host:port/ in a background
     thread; returns the running `AppServer`.
 
-    weights/device/tune_allocator: as `Tracker.from_pretrained` (None: bundled weights, GPU
-    when available; the allocator left alone).
+    weights/device/options/tune_allocator: as `Tracker.from_pretrained` (None: bundled weights,
+    GPU when available, the weights' default tracking options; the allocator left alone).
     port: None picks the first free port from 7860. max_frames: longest video accepted.
     """
     require_gradio()
@@ -112,7 +113,8 @@ def start_app(tracker=None, *, weights=None, device=None, host: str = DEFAULT_HO
     if tracker is None:
         from taptr.tracker import Tracker
 
-        tracker = Tracker.from_pretrained(weights, device=device, tune_allocator=tune_allocator)
+        tracker = Tracker.from_pretrained(weights, device=device, options=options,
+                                          tune_allocator=tune_allocator)
     work_dir = tempfile.TemporaryDirectory(prefix="taptr-app-", ignore_cleanup_errors=True)
     previous = os.environ.get(_TEMP_ENV)
     os.environ[_TEMP_ENV] = work_dir.name  # read by Gradio when building and launching

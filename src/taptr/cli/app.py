@@ -39,13 +39,18 @@ def register(subparsers) -> None:
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, metavar="N",
                         help=f"refuse longer videos (default {DEFAULT_MAX_FRAMES}; 0: no limit)")
     add_threads_option(parser)
+    from taptr.cli import tracking_options
+
+    tracking_options.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from taptr.app import require_gradio, start_app
     from taptr.app.server import is_loopback
+    from taptr.cli.tracking_options import option_changes
 
+    options = option_changes(args)
     require_gradio()  # before the slow model load
     apply_threads(args)
     if args.max_frames < 0:
@@ -55,8 +60,8 @@ def run(args) -> int:
               "machines; it has no login, so anyone who reaches it can upload videos and use "
               "this machine's processor", file=sys.stderr)
     with _sigterm_as_interrupt():
-        server = start_app(weights=args.weights, device=args.device, host=args.host,
-                           port=args.port, max_frames=args.max_frames or None,
+        server = start_app(weights=args.weights, device=args.device, options=options,
+                           host=args.host, port=args.port, max_frames=args.max_frames or None,
                            tune_allocator=True)
         try:
             print(f"taptr app: open {server.url} in a browser (Ctrl+C stops it)")

@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from taptr.cli import tracking_options
+
+    tracking_options.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -64,9 +67,11 @@ def run(args) -> int:
         write_json,
         write_per_video_csv,
     )
+    from taptr.cli.tracking_options import option_changes
     from taptr.evaluation.trackers import TRACKER_NAMES, load_tracker
 
     apply_threads(args)
+    options = option_changes(args)
     if args.tracker not in TRACKER_NAMES:
         raise TaptrError(
             f"unknown tracker {args.tracker!r} (expected one of {', '.join(TRACKER_NAMES)})"
@@ -86,7 +91,7 @@ def run(args) -> int:
     source = TapVidSource(args.data)  # fails fast on a bad --data, before loading a model
     distributed = DistributedContext.join(args.device, backend="gloo")
     try:
-        tracker = load_tracker(args.tracker, args.weights, distributed.device,
+        tracker = load_tracker(args.tracker, args.weights, distributed.device, options,
                                tune_allocator=True)
         results = evaluate(
             tracker,

@@ -69,10 +69,14 @@ def register(subparsers) -> None:
                         help="official-style padding to N queries (official TAPTR: 800)")
     add_threads_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from taptr.cli import tracking_options
+
+    tracking_options.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from taptr.cli.tracking_options import option_changes
     from taptr.io import open_video, parse_points, read_queries
     from taptr.io.atomic import check_can_create_folder, staged_folder
     from taptr.queries import build_queries
@@ -80,6 +84,7 @@ def run(args) -> int:
     from taptr.tracker import Tracker
 
     apply_threads(args)
+    options = option_changes(args)
     if args.grid is None and (args.grid_frame is not None or args.mask is not None):
         raise TaptrError("--grid-frame and --mask go with --grid G")
     for name in ("trail", "point_chunk", "pad_queries"):
@@ -99,7 +104,8 @@ def run(args) -> int:
     check_can_create_folder(out_dir)
 
     tracker = Tracker.from_pretrained(args.weights, device=args.device, dtype=args.dtype,
-                                      backend=args.backend, tune_allocator=True)
+                                      backend=args.backend, options=options,
+                                      tune_allocator=True)
     started = time.perf_counter()
     result = tracker.track(video, queries=queries, backward=not args.no_backward,
                            point_chunk=args.point_chunk or None,

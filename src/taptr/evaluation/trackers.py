@@ -39,16 +39,19 @@ class PointTracker(Protocol):
 
 
 def load_tracker(name: str, weights: str | None = None, device: str | None = None,
-                 tune_allocator: bool = False) -> PointTracker:
+                 options=None, tune_allocator: bool = False) -> PointTracker:
     """A `PointTracker` by name.
 
-    name: 'taptr' (the model, `Tracker.from_pretrained(weights, device=...,
-    tune_allocator=...)`; weights is a bundled name, a path or None for the default) or a
-    baseline ('static', 'lk', 'dis', which take no weights and run on the CPU).
+    name: 'taptr' (the model, `Tracker.from_pretrained(weights, device=..., options=...,
+    tune_allocator=...)`; weights is a bundled name, a path or None for the default; options
+    as for `Tracker`) or a baseline ('static', 'lk', 'dis', which take neither weights nor
+    options and run on the CPU).
     """
     if name in BASELINES:
         if weights is not None:
             raise TaptrError(f"--weights applies to --tracker taptr, not to {name!r}")
+        if options is not None:
+            raise TaptrError(f"tracking options apply to --tracker taptr, not to {name!r}")
         return make_baseline(name)
     if name != "taptr":
         raise TaptrError(f"unknown tracker {name!r} (expected one of {', '.join(TRACKER_NAMES)})")
@@ -56,4 +59,5 @@ def load_tracker(name: str, weights: str | None = None, device: str | None = Non
         from taptr.tracker import Tracker
     except ImportError as error:
         raise TaptrError(f"--tracker taptr is unavailable: cannot import taptr.tracker ({error})") from None
-    return Tracker.from_pretrained(weights, device=device, tune_allocator=tune_allocator)
+    return Tracker.from_pretrained(weights, device=device, options=options,
+                                   tune_allocator=tune_allocator)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from taptr.models.decoder import WindowInputs
-from taptr.models.deformable_attention import LevelLayout
+from taptr.models.taptrv2.decoder import WindowInputs
+from taptr.models.taptrv2.levels import LevelLayout
 
 
 class EncoderGraph(nn.Module):
@@ -32,7 +32,7 @@ class EncoderGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor):
         features = self.model.encode(frames)
-        return (features.memory, *(features.correlation_maps or []))
+        return (features.memory, *features.extras.get("correlation", []))
 
 
 class QueryFeaturesGraph(nn.Module):
@@ -50,14 +50,14 @@ class QueryFeaturesGraph(nn.Module):
 
 class TemplatesGraph(nn.Module):
     """(points [B, N, 2], *maps of one frame [B, C_l, h_l, w_l]) -> templates per level
-    [B, N, C_l] (`TAPTRv2.correlation_templates`)."""
+    [B, N, C_l] (the correlation hook's `templates`)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, points: torch.Tensor, *maps: torch.Tensor):
-        return tuple(self.model.correlation_templates(list(maps), points))
+        return tuple(self.model.hooks["correlation"].templates(list(maps), points))
 
 
 class WindowGraph(nn.Module):
@@ -80,8 +80,7 @@ class WindowGraph(nn.Module):
                 *correlation):
         levels = self.correlation_levels
         inputs = WindowInputs(content, reference, memory, tracked, updated, self.layout)
-        if levels:
-            inputs.correlation_maps = list(correlation[:levels])
-            inputs.templates = list(correlation[levels:])
+        if levels:  # the correlation hook's inputs: maps, then templates
+            inputs.hook_inputs = {"correlation": list(correlation)}
         layers = self.model.decode_window_layers(inputs, initial_content)
         return layers.position_logits, layers.apu_logits, layers.vis_logits, layers.carried

@@ -6,14 +6,13 @@ config, the memory's level layout and the graph names. `OnnxTAPTRv2` runs it.
 
 Graphs are traced with PyTorch's TorchScript-based ONNX exporter (`torch.onnx.export(...,
 dynamo=False)`, opset 17): the window loop stays in Python (`WindowArithmetic`), so each graph
-is straight-line code. Bilinear sampling at arbitrary locations is 4-D `grid_sample` only (ONNX
-`GridSample`): the deformable attentions switch from their default 'gather' sampling to
-'grid_sample' (the same numbers up to float rounding; `models/deformable_attention.py`). The
-correlation windows, whose samples sit at whole-pixel offsets from an anchor, are integer
-crops (ONNX `Gather`/`GatherElements`) blended by `Lerp`, in both backends. The other change of arithmetic is the
-pixel-level NCC, which is computed by shifted products instead of a grouped convolution whose
-group count would depend on the number of points (`LocalCorrelation.ncc_by_shifts`; the same
-numbers up to float rounding). The encoder takes
+is straight-line code. The model is traced with the `reference` kernels
+(`taptr.models.kernels`): bilinear sampling at arbitrary locations is 4-D `grid_sample` (ONNX
+`GridSample`, not the fast kernels' weighted `EmbeddingBag`), the correlation windows, whose
+samples sit at whole-pixel offsets from an anchor, are integer crops (ONNX `Gather`) blended
+by `Lerp`, and the pixel-level NCC is computed by shifted products instead of a grouped
+convolution whose group count would depend on the number of points (the same numbers up to
+float rounding as the fast kernels). The encoder takes
 one frame (its query chunking, which bounds memory, depends on the frame count, so a traced
 graph must not see another count); the other graphs have dynamic window length and point
 count; the batch is 1.
@@ -37,7 +36,8 @@ from taptr.export.graphs import EncoderGraph, QueryFeaturesGraph, TemplatesGraph
 from taptr.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, require_onnxruntime
 from taptr.export.onnx_runtime import OnnxTAPTRv2
 from taptr.io.atomic import staged_folder
-from taptr.models.deformable_attention import DeformableAttention, KeyAwareDeformableAttention
+from taptr.models.kernels import prepare_for_inference
+from taptr.models.kernels.prepare import fold_frozen_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -55,23 +55,14 @@ _CHECK_MEDIAN_TOLERANCE = 1e-4
 def export_onnx(model, out_dir: str | os.PathLike, check: bool = True) -> Path:
     """Write `model` (a `TAPTRv2`) as ONNX graphs and a manifest into `out_dir`.
 
-    The model is copied and prepared for inference (batch norms folded, fp32, eval). Files
+    The model is copied with the reference kernels, batch norms folded (fp32, eval). Files
     appear only when everything succeeded (existing files of the same names are replaced).
     check: run the written graphs in ONNX Runtime against PyTorch (module docstring).
     Returns the folder. Raises `TaptrError` without the `onnx` extra or when the check fails.
     """
-    from taptr.models.inference import optimized_for_inference
-
     require_onnxruntime(for_export=True)
-    prepared = optimized_for_inference(model, fuse=False).float().eval()
-    prepared.backbone.to(memory_format=torch.contiguous_format)
-    prepared.channels_last_backbone = False
-    correlation = prepared.decoder.correlation
-    if correlation is not None:
-        correlation.ncc_by_shifts = True
-    for module in prepared.modules():
-        if isinstance(module, (DeformableAttention, KeyAwareDeformableAttention)):
-            module.sampling = "grid_sample"  # ONNX has GridSample, not weighted EmbeddingBag
+    prepared = prepare_for_inference(model, "reference").float().eval()
+    fold_frozen_batchnorm(prepared.backbone)  # the same function, fewer graph nodes
     examples = _Examples(prepared)
     out_dir = Path(out_dir)
     with staged_folder(out_dir) as staging, torch.no_grad(), warnings.catch_warnings():
@@ -82,6 +73,8 @@ def export_onnx(model, out_dir: str | os.PathLike, check: bool = True) -> Path:
         manifest = {
             "format": FORMAT, "version": FORMAT_VERSION, "opset": OPSET,
             "config": prepared.config.to_dict(),
+            "tracking_options": (prepared.default_options.to_dict()
+                                 if prepared.default_options is not None else None),
             "layout": [list(shape) for shape in examples.layout.shapes],
             "correlation_levels": examples.levels,
             "graphs": graphs,
@@ -109,7 +102,7 @@ class _Examples:
             features = model.encode(self.frames)  # as frame by frame, up to rounding
         self.layout = features.layout
         self.memory = features.memory
-        self.maps = features.correlation_maps or []
+        self.maps = features.extras.get("correlation", [])
         self.levels = len(self.maps)
         self.generator = generator
 
@@ -134,7 +127,8 @@ class _Examples:
                                torch.full((1, window, count, 2), 0.5)), -1)
         content = torch.randn(1, window, count, config.hidden_dim, generator=self.generator)
         initial = torch.randn(1, count, config.hidden_dim, generator=self.generator)
-        templates = (list(self.model.correlation_templates([m[:1] for m in self.maps], points))
+        templates = (list(self.model.hooks["correlation"].templates([m[:1] for m in self.maps],
+                                                                     points))
                      if self.maps else [])
         return (content, reference, self.memory[frames], tracked, updated, initial,
                 *[m[frames] for m in self.maps], *templates)

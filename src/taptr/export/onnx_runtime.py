@@ -20,8 +20,11 @@ import torch
 from taptr.config import ModelConfig
 from taptr.errors import TaptrError
 from taptr.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, require_onnxruntime
-from taptr.models.deformable_attention import LevelLayout
-from taptr.models.taptrv2 import FrameFeatures, WindowArithmetic, WindowLayers
+from taptr.models.additions.correlation_update import correlation_session
+from taptr.models.additions.motion_correction import MotionCorrection
+from taptr.models.options import TrackingOptions
+from taptr.models.taptrv2.levels import LevelLayout
+from taptr.models.taptrv2.model import FrameFeatures, WindowArithmetic, WindowLayers
 
 
 class OnnxTAPTRv2(WindowArithmetic):
@@ -52,8 +55,15 @@ class OnnxTAPTRv2(WindowArithmetic):
                              f"{manifest.get('version')!r}; this taptr reads {FORMAT!r} "
                              f"version {FORMAT_VERSION}")
         self.config = ModelConfig.from_dict(manifest["config"])
+        stored = manifest.get("tracking_options")
+        self.default_options = (TrackingOptions.from_dict(stored) if stored is not None
+                                else TrackingOptions.from_legacy_config(manifest["config"]))
         self.layout = LevelLayout.from_shapes(manifest["layout"])
         self.correlation_levels = int(manifest["correlation_levels"])
+        # The hooks the window loop calls (their layer computations are in the window graph).
+        self.hooks = {"motion_correction": MotionCorrection(self.config.input_size)}
+        if self.correlation_levels:
+            self.hooks["correlation"] = _CorrelationGraphs(self)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -88,24 +98,19 @@ class OnnxTAPTRv2(WindowArithmetic):
         feed = {spec.name: _as_numpy(value) for spec, value in zip(session.get_inputs(), inputs)}
         return [torch.from_numpy(output) for output in session.run(None, feed)]
 
-    def encode(self, frames: torch.Tensor) -> FrameFeatures:
+    def encode(self, frames: torch.Tensor, hooks=None) -> FrameFeatures:
         """frames [F, 3, H_in, W_in] normalised -> `FrameFeatures` (as `TAPTRv2.encode`); the
-        encoder graph takes one frame at a time."""
+        encoder graph takes one frame at a time (and always computes every hook's features)."""
         per_frame = [self.run_graph("encoder", (frame[None],)) for frame in frames]
         memory = torch.cat([outputs[0] for outputs in per_frame])
         maps = [torch.cat([outputs[level] for outputs in per_frame])
                 for level in range(1, len(per_frame[0]))]
-        return FrameFeatures(memory, self.layout, maps or None)
+        return FrameFeatures(memory, self.layout, {"correlation": maps} if maps else {})
 
     def query_features(self, memory: torch.Tensor, layout: LevelLayout,
                        points: torch.Tensor) -> torch.Tensor:
         """memory [1, S, C], points [1, N, 2] -> initial content [1, N, C]."""
         return self.run_graph("query_features", (memory, points))[0]
-
-    def correlation_templates(self, maps: list[torch.Tensor],
-                              points: torch.Tensor) -> list[torch.Tensor]:
-        """One frame's correlation maps, points [1, N, 2] -> per level [1, N, C_l]."""
-        return self.run_graph("templates", (points, *maps))
 
     def decode_window_layers(self, inputs, initial_content: torch.Tensor,
                              point_chunk: int | None = None) -> WindowLayers:
@@ -113,11 +118,28 @@ class OnnxTAPTRv2(WindowArithmetic):
         needed: ONNX Runtime plans the graph's memory itself)."""
         if inputs.content.shape[0] != 1:
             raise TaptrError("the onnxruntime backend tracks one video at a time (batch 1)")
-        extra = [*(inputs.correlation_maps or []), *(inputs.templates or [])]
+        extra = inputs.hook_inputs.get("correlation", [])
         outputs = self.run_graph("window", (inputs.content, inputs.reference, inputs.memory,
                                             inputs.tracked, inputs.updated, initial_content,
                                             *extra))
         return WindowLayers(*outputs)
+
+
+class _CorrelationGraphs:
+    """The correlation hook of an export: templates from the `templates` graph; sessions as
+    the PyTorch hook's (`correlation_session`)."""
+
+    name = "correlation"
+
+    def __init__(self, model: OnnxTAPTRv2):
+        self.model = model
+
+    def templates(self, maps: list[torch.Tensor], points: torch.Tensor) -> list[torch.Tensor]:
+        """One frame's correlation maps, points [1, N, 2] -> per level [1, N, C_l]."""
+        return self.model.run_graph("templates", (points, *maps))
+
+    def start(self, options):
+        return correlation_session(self, options)
 
 
 def _as_numpy(value: torch.Tensor) -> np.ndarray:

@@ -18,7 +18,10 @@ def name_list(names: list[str], limit: int = 8) -> str:
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor],
                       describe=lambda name: name) -> None:
     """Load `state` into `model`, raising a TaptrError that names missing, unexpected and
-    wrongly shaped keys (`describe` maps our names to the names the user knows)."""
+    wrongly shaped keys (`describe` maps our names to the names the user knows). Keys of
+    older files are renamed first where the model knows them (`upgrade_state_dict`)."""
+    if hasattr(model, "upgrade_state_dict"):
+        state = model.upgrade_state_dict(state)
     expected = model.state_dict()
     missing = [describe(k) for k in expected if k not in state]
     unexpected = [describe(k) for k in state if k not in expected]

@@ -84,7 +84,7 @@ class OptimConfig:
     """Which parameters train and how: AdamW with two groups (names containing 'backbone' at
     `lr_backbone`, 0 freezing them; the rest at `lr`), warmup + schedule, clipping, EMA."""
 
-    # Train only parameters whose name starts with one of these (e.g. 'decoder.correlation');
+    # Train only parameters whose name starts with one of these (e.g. 'hooks.correlation');
     # empty: all (but a frozen backbone).
     train_only: tuple[str, ...] = ()
     lr: float = 5e-4

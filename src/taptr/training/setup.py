@@ -36,10 +36,13 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
 def freeze_parameters(model: nn.Module, lr_backbone: float, train_only: tuple[str, ...]) -> None:
     """No gradient for the backbone when lr_backbone is 0, and for every parameter outside
     `train_only` (name prefixes) when it is given. Raises TaptrError for a prefix that names
-    no parameter."""
+    no parameter. Prefixes of older parameter names (e.g. 'decoder.correlation', now under
+    'hooks.correlation') still select (`TAPTRv2.upgrade_key`)."""
     matched = set()
+    upgrade = getattr(model, "upgrade_key", lambda key: key)
+    current = {prefix: upgrade(prefix) for prefix in train_only}
     for name, parameter in model.named_parameters():
-        prefixes = {prefix for prefix in train_only if name.startswith(prefix)}
+        prefixes = {prefix for prefix in train_only if name.startswith(current[prefix])}
         matched |= prefixes
         outside = bool(train_only) and not prefixes
         if (lr_backbone == 0 and "backbone" in name) or outside:

@@ -1,4 +1,5 @@
-"""The window loop of TAPTRv2 as a stream: frames in, final tracks out.
+"""The window loop of TAPTRv2 as a stream: frames in, final tracks out (paper section 3.5,
+official sliding-window inference).
 
 This module schedules, buffers and frees; the arithmetic of a window is the model's
 (`WindowArithmetic.decode_window` and `.propagate`, shared by `TAPTRv2` and the ONNX Runtime
@@ -7,19 +8,21 @@ soon as its frames are present (windows start every `window_stride` frames; the 
 aligned to the video's end, docs/architecture.md, "Sliding windows"). After each window its
 states are stored and the last frame's state is propagated to every later frame. A frame is
 returned once no later window can change it, and its features and states are freed: memory
-does not grow with the video's length.
+does not grow with the video's length. Additions take part through their hook sessions
+(`taptrv2.hooks`): the stream keeps each hook's per-frame features with the frame's memory and
+calls the sessions at the points the hook interface names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
 
-from taptr.models.common import inverse_sigmoid
-from taptr.models.deformable_attention import LevelLayout
-from taptr.models.motion_correction import correct_jumps
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.taptrv2.hooks import HookSession
+from taptr.models.taptrv2.levels import LevelLayout
 from taptr.text import count
 
 
@@ -85,9 +88,6 @@ class _Queries:
     frames: torch.Tensor  # [B, N] int64
     initialised: torch.Tensor  # [B, N] bool: content sampled from the query frame
     initial_content: torch.Tensor  # [B, N, C]
-    templates: list[torch.Tensor]  # per correlation level [B, N, C_l] (ours; empty without)
-    # The query frame's templates, when templates are refreshed after each window (ours).
-    initial_templates: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -95,19 +95,22 @@ class WindowBatch:
     """One window as the stream hands it to `TAPTRv2.decode_window`.
 
     frame_ids: [W] absolute frame indices; states: those frames' `FrameState`s; memory: per
-    frame [B, S, C]; correlation_maps: per frame, per correlation level [B, C_l, h_l, w_l]
-    (ours; empty without the correlation update); query_frames: [B, N]; initial_content:
-    [B, N, C] (content sampled at each query frame); templates: per level [B, N, C_l] (ours).
+    frame [B, S, C]; extras: per frame, per hook name, its `frame_features` of that frame
+    (tensors [B, ...]); query_frames: [B, N]; initial_content: [B, N, C] (content sampled at
+    each query frame); previous_positions: [Ld, B, N, 4] position logits of the frame before
+    the window's first one (None when the stream no longer knows it); layer_inputs: per hook
+    name, the tensors its `after_layer` reads (filled from the sessions' `layer_inputs`).
     """
 
     frame_ids: torch.Tensor
     states: list[FrameState]
     memory: list[torch.Tensor]
-    correlation_maps: list[list[torch.Tensor]]
+    extras: list[dict[str, list[torch.Tensor]]]
     layout: LevelLayout
     query_frames: torch.Tensor
     initial_content: torch.Tensor
-    templates: list[torch.Tensor]
+    previous_positions: torch.Tensor | None = None
+    layer_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class TrackStream:
@@ -119,18 +122,23 @@ class TrackStream:
     Use `push(frames)` with frames [B, t, 3, H, W], then `finish()`. Each returns a `TrackChunk`
     (or None when no frame became final). With `num_frames` given the windows are exactly the
     official ones; without it the end-aligned last window is decided at `finish()`.
+    sessions: the hooks' `HookSession`s of this stream, called in order (none: the paper's
+    loop). long_video_padding: the official evaluation's long-video quirk (videos over 24
+    frames keep the old content in all but every (T // 24)-th window; docs/architecture.md).
     """
 
     def __init__(self, model, query_points: torch.Tensor, query_frames: torch.Tensor,
-                 num_frames: int | None = None, point_chunk: int | None = None):
+                 num_frames: int | None = None, point_chunk: int | None = None,
+                 sessions: list[HookSession] | tuple = (), long_video_padding: bool = False):
         config = model.config
         self.model = model
+        self.sessions = list(sessions)
         self.window_size = config.window_size
         self.window_stride = config.window_stride
         self.num_frames = num_frames
         self.point_chunk = point_chunk
         self.content_padding_gap = 1
-        if config.official_compat and num_frames is not None and num_frames > 24:
+        if long_video_padding and num_frames is not None and num_frames > 24:
             self.content_padding_gap = num_frames // 24  # eval-only long-video quirk
         self.schedule = (window_starts(num_frames, self.window_size, self.window_stride)
                          if num_frames is not None else None)
@@ -142,18 +150,17 @@ class TrackStream:
         self.last_window_end = 0
         self.frames: list[FrameState] = []  # frames [self.emitted - len(self.frames) ..)
         self.first_buffered = 0
-        # Ours: (frame, position logits [Ld, B, N, 4]) of the last freed frame, the "previous
-        # frame" of the neighbour motion correction when a window starts right after it.
+        # (frame, position logits [Ld, B, N, 4]) of the last freed frame: a window starting
+        # right after it gets them as `previous_positions`.
         self.last_freed: tuple[int, torch.Tensor] | None = None
         self.memory: dict[int, torch.Tensor] = {}
-        self.correlation_maps: dict[int, list[torch.Tensor]] = {}  # ours, per held frame
+        self.extras: dict[int, dict[str, list[torch.Tensor]]] = {}  # hooks' frame features
         self.layout = None
         self.queries = _Queries(
             torch.zeros(self.batch, 0, 2, device=self.device, dtype=self.dtype),
             torch.zeros(self.batch, 0, dtype=torch.long, device=self.device),
             torch.zeros(self.batch, 0, dtype=torch.bool, device=self.device),
-            torch.zeros(self.batch, 0, config.hidden_dim, device=self.device, dtype=self.dtype),
-            [])
+            torch.zeros(self.batch, 0, config.hidden_dim, device=self.device, dtype=self.dtype))
         self.future = self._initial_state(self.queries.points)
         self.add_queries(query_points, query_frames)
 
@@ -194,20 +201,14 @@ class TrackStream:
             self.last_freed = (frame, torch.cat((logits, new_state.position_logits), 2))
         self.future = self.future.extended(new_state)
         count = query_points.shape[1]
-
-        def padded(templates):
-            return [torch.cat((t, t.new_zeros(self.batch, count, t.shape[-1])), 1)
-                    for t in templates]
-
         self.queries = _Queries(
             torch.cat((self.queries.points, query_points), 1),
             torch.cat((self.queries.frames, query_frames), 1),
             torch.cat((self.queries.initialised,
                        torch.zeros(self.batch, count, dtype=torch.bool, device=self.device)), 1),
-            torch.cat((self.queries.initial_content, new_state.content), 1),
-            padded(self.queries.templates),
-            padded(self.queries.initial_templates)
-            if self.queries.initial_templates is not None else None)
+            torch.cat((self.queries.initial_content, new_state.content), 1))
+        for session in self.sessions:
+            session.add_points(count)
         for frame in sorted(self.memory):
             self._initialise_queries(frame)
 
@@ -221,17 +222,9 @@ class TrackStream:
         mask = starting[..., None]
         initial = torch.where(mask, features, self.queries.initial_content)
         self.queries.initial_content = initial
-        if frame in self.correlation_maps:
-            read = self.model.correlation_templates(self.correlation_maps[frame],
-                                                    self.queries.points)
-            if not self.queries.templates:
-                self.queries.templates = [torch.zeros_like(t) for t in read]
-            self.queries.templates = [torch.where(mask, new, old) for new, old
-                                      in zip(read, self.queries.templates)]
-            if self.model.config.correlation_template_update > 0:
-                known = self.queries.initial_templates or [torch.zeros_like(t) for t in read]
-                self.queries.initial_templates = [torch.where(mask, new, old) for new, old
-                                                  in zip(read, known)]
+        for session in self.sessions:
+            session.on_query_frame(self.extras[frame].get(session.name), self.queries.points,
+                                   starting)
         self.queries.initialised = self.queries.initialised | starting
         self.frames = [FrameState(s.position_logits, s.apu_logits, s.vis_logits,
                                   torch.where(mask, initial, s.content)) for s in self.frames]
@@ -248,18 +241,20 @@ class TrackStream:
         if self.num_frames is not None and self.received + frames.shape[1] > self.num_frames:
             raise ValueError("more frames pushed than num_frames")
         frames = frames.to(self.device, self.dtype)
+        hooks = [session.name for session in self.sessions]
         for start in range(0, frames.shape[1], self.window_size):
             chunk = frames[:, start:start + self.window_size]
-            features = self.model.encode(chunk.flatten(0, 1))
+            length = chunk.shape[1]
+            features = self.model.encode(chunk.flatten(0, 1), hooks)
             self.layout = features.layout
-            memory = features.memory.view(self.batch, chunk.shape[1], *features.memory.shape[1:])
-            maps = [m.view(self.batch, chunk.shape[1], *m.shape[1:])
-                    for m in features.correlation_maps or []]
-            for offset in range(chunk.shape[1]):
+            memory = features.memory.view(self.batch, length, *features.memory.shape[1:])
+            extras = {name: [t.view(self.batch, length, *t.shape[1:]) for t in tensors]
+                      for name, tensors in features.extras.items()}
+            for offset in range(length):
                 frame = self.received
                 self.memory[frame] = memory[:, offset]
-                if maps:
-                    self.correlation_maps[frame] = [m[:, offset] for m in maps]
+                self.extras[frame] = {name: [t[:, offset] for t in tensors]
+                                      for name, tensors in extras.items()}
                 self.frames.append(self.future)
                 self.received += 1
                 self._initialise_queries(frame)
@@ -326,47 +321,39 @@ class TrackStream:
             frame_ids=torch.arange(start, end, device=self.device),
             states=self.frames[first:last],
             memory=[self.memory[frame] for frame in range(start, end)],
-            correlation_maps=([self.correlation_maps[frame] for frame in range(start, end)]
-                              if self.correlation_maps else []),
+            extras=[self.extras[frame] for frame in range(start, end)],
             layout=self.layout,
             query_frames=self.queries.frames,
             initial_content=self.queries.initial_content,
-            templates=self.queries.templates)
+            previous_positions=self._positions_before(start))
+        for session in self.sessions:
+            session.before_window(window)
+        for session in self.sessions:
+            inputs = session.layer_inputs(window)
+            if inputs is not None:
+                window.layer_inputs[session.name] = inputs
         states = self.model.decode_window(window, self.point_chunk)
         if states is None:  # no point is updated in this window
             return
-        states = self._correct_jumps(states, start)
+        for session in self.sessions:
+            states = session.after_window(window, states)
         self.frames[first:last] = states
         tail = states[-1]
-        if self.queries.initial_templates is not None and end - 1 in self.correlation_maps:
-            self.queries.templates = self.model.refresh_templates(
-                self.queries.templates, self.queries.initial_templates,
-                self.correlation_maps[end - 1], tail, self.queries.frames < end - 1)
         with_content = self.windows_run % self.content_padding_gap == 0
         for frame in range(end, self.received):
             index = self._state_index(frame)
             self.frames[index] = self.model.propagate(tail, self.frames[index], with_content)
         self.future = self.model.propagate(tail, self.future, with_content)
 
-    def _correct_jumps(self, states: list[FrameState], start: int) -> list[FrameState]:
-        """Ours: the neighbour motion correction (models/motion_correction.py) of a window's
-        decoded frames; the identity when the config turns it off."""
-        config = self.model.config
-        if config.motion_correction_px <= 0:
-            return states
+    def _positions_before(self, start: int) -> torch.Tensor | None:
+        """Position logits [Ld, B, N, 4] of frame start - 1 (held, or the last freed one);
+        None when the stream no longer knows them (or start is 0)."""
         held = start - 1 - self.first_buffered
-        previous = None
         if 0 <= held < len(self.frames):
-            previous = self.frames[held].position_logits
-        elif self.last_freed is not None and self.last_freed[0] == start - 1:
-            previous = self.last_freed[1]
-        height, width = config.input_size
-        positions, apu = correct_jumps([s.position_logits for s in states],
-                                       [s.apu_logits for s in states], previous, start,
-                                       self.queries.frames, config.motion_correction_px,
-                                       config.motion_correction_neighbours, (width, height))
-        return [FrameState(new, new_apu, s.vis_logits, s.content)
-                for new, new_apu, s in zip(positions, apu, states)]
+            return self.frames[held].position_logits
+        if self.last_freed is not None and self.last_freed[0] == start - 1:
+            return self.last_freed[1]
+        return None
 
     def _emit(self, ready: int) -> TrackChunk | None:
         if ready <= self.emitted:
@@ -387,10 +374,11 @@ class TrackStream:
         """Free the states and features of frames before `keep_from`."""
         drop = keep_from - self.first_buffered
         if drop > 0:
-            if self.model.config.motion_correction_px > 0:
-                self.last_freed = (keep_from - 1, self.frames[drop - 1].position_logits)
+            self.last_freed = (keep_from - 1, self.frames[drop - 1].position_logits)
             self.frames = self.frames[drop:]
             self.first_buffered = keep_from
         for frame in [f for f in self.memory if f < keep_from]:
             del self.memory[frame]
-            self.correlation_maps.pop(frame, None)
+            del self.extras[frame]
+        for session in self.sessions:
+            session.release(keep_from)

@@ -7,9 +7,11 @@ and a ReLU or ReLU6. Eager PyTorch runs those as separate passes over memory: on
 as the convolutions themselves (`docs/tracking.md`, "Speed and memory"). oneDNN applies them as
 post-operations while the convolution's output is still in cache:
 `torch.ops.mkldnn._convolution_pointwise`, the operator PyTorch's own compiler (inductor)
-emits for the same fusion. Where that operator is missing (a build without oneDNN), for other
-devices and dtypes, and whenever autograd records, each block runs the eager ops instead:
-the same results up to float rounding (tests/test_inference_opt.py).
+emits for the same fusion. The fused blocks are chosen when a model is prepared for CPU
+float32 inference (`taptr.models.kernels.prepare_for_inference`, which keeps the eager blocks
+where the operator is missing, for other devices and dtypes); they do not record autograd. If
+the private operator fails at run time (another PyTorch), a block falls back to the eager ops:
+the same results up to float rounding (tests/test_kernels.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taptr.models.backbone import (MOBILENET_V2_STAGE_ENDS, BasicBlock, Bottleneck,
-                                   ConvNormActivation, InvertedResidual, MobileNetV2, ResNet)
+from taptr.models.taptrv2.backbone import (MOBILENET_V2_STAGE_ENDS, BasicBlock, Bottleneck,
+                                           ConvNormActivation, InvertedResidual, MobileNetV2,
+                                           ResNet)
 
 ACTIVATIONS = ("none", "relu", "relu6")
 _logger = logging.getLogger(__name__)
@@ -58,16 +61,8 @@ class FusedConv2d(nn.Module):
         self.activation = activation
         self.fused = fused_kernels_available()
 
-    def _use_fused(self, inputs: torch.Tensor) -> bool:
-        weight = self.conv.weight
-        return (self.fused and inputs.device.type == "cpu" and inputs.dtype == torch.float32
-                and weight.dtype == torch.float32 and not inputs.is_mkldnn
-                and not torch.is_autocast_enabled("cpu")
-                and not (torch.is_grad_enabled() and (inputs.requires_grad
-                                                      or weight.requires_grad)))
-
     def forward(self, inputs: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self._use_fused(inputs):
+        if self.fused:
             try:
                 return self._fused(inputs, residual)
             except (RuntimeError, TypeError) as error:  # another PyTorch's private operator

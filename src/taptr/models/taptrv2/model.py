@@ -1,30 +1,33 @@
-"""The TAPTRv2 network: backbone, multi-scale encoder, point decoder and sliding windows.
+"""The TAPTRv2 network (Li et al., NeurIPS 2024): backbone, multi-scale encoder, point decoder
+and sliding windows, as specified in the official code.
 
-One clear path: `encode_frames` turns frames into per-frame memory, `query_features` samples a
-point's initial content at its query frame, `decoder` refines a window, and `TrackStream`
-(windows.py) drives the windows. `forward` runs a whole video through a stream.
+One clear path: `encode` turns frames into per-frame memory (section 3.1), `query_features`
+samples a point's initial content at its query frame (section 3.2), `decoder` refines a window
+(sections 3.3-3.4), and `TrackStream` (windows.py) drives the windows (section 3.5). `forward`
+runs a whole video through a stream. Additions attach through `hooks` (hooks.py); fast kernels
+replace `ops` (ops.py) by name; without either this is the paper's model in plain math.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from taptr.config import ModelConfig
-from taptr.models.backbone import build_backbone
-from taptr.models.correlation import PATCH_MIN_NORM, LocalCorrelation
-from taptr.models.common import inverse_sigmoid
-from taptr.models.decoder import PointDecoder, WindowInputs
-from taptr.models.deformable_attention import LevelLayout
-from taptr.models.encoder import Encoder
-from taptr.models.position_encoding import map_sine_encoding
-from taptr.models.windows import FrameState, TrackStream, WindowBatch
+from taptr.models.taptrv2.backbone import build_backbone
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.taptrv2.decoder import PointDecoder, WindowInputs
+from taptr.models.taptrv2.encoder import Encoder
+from taptr.models.taptrv2.hooks import TrackingHook
+from taptr.models.taptrv2.levels import LevelLayout
+from taptr.models.taptrv2.position_encoding import map_sine_encoding
+from taptr.models.taptrv2.windows import FrameState, TrackStream, WindowBatch
 
 # A point counts as visible where sigmoid(visibility logit) exceeds this (the official value;
-# `taptr.model_io` reports visibility with it, the template refresh gates on it).
+# `taptr.model_io` reports visibility with it).
 VISIBLE_THRESHOLD = 0.5
 # Elements of a temporary tensor (32-bit) the model allows itself before chunking queries.
 CHUNK_BUDGET = 1 << 25
@@ -34,14 +37,13 @@ CHUNK_BUDGET = 1 << 25
 class FrameFeatures:
     """What the decoder reads of a batch of frames.
 
-    memory: [Nb, S, C] encoder output; layout: its levels; correlation_maps: per correlation
-    level [Nb, C_l, h_l, w_l] unit-norm maps, coarse to fine (None without the correlation
-    update).
+    memory: [Nb, S, C] encoder output; layout: its levels; extras: per hook name, that hook's
+    `frame_features` (tensors [Nb, ...]; empty without hooks).
     """
 
     memory: torch.Tensor
     layout: LevelLayout
-    correlation_maps: list[torch.Tensor] | None = None
+    extras: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,11 +86,12 @@ class WindowLayers:
 
 class WindowArithmetic:
     """The window loop's arithmetic (official), shared by `TAPTRv2` and the exported backend
-    (`taptr.export.onnx_backend.OnnxTAPTRv2`), which differ only in how they compute the
+    (`taptr.export.onnx_runtime.OnnxTAPTRv2`), which differ only in how they compute the
     per-frame features and the window's layers.
 
-    A subclass provides `config`, `training`, `device`, `dtype`, `encode`, `query_features`,
-    `correlation_templates` and `decode_window_layers`; `TrackStream` drives the rest.
+    A subclass provides `config`, `training`, `device`, `dtype`, `hooks` (name -> hook),
+    `default_options`, `encode`, `query_features` and `decode_window_layers`; `TrackStream`
+    drives the rest.
     """
 
     def decode_window(self, window: WindowBatch,
@@ -111,12 +114,8 @@ class WindowArithmetic:
         content = torch.stack([s.content for s in states], 1)  # [B, W, N, C]
         reference = torch.sigmoid(torch.stack([s.position_logits[-1] for s in states], 1))
         memory = torch.stack(window.memory, 1).flatten(0, 1)
-        inputs = WindowInputs(content, reference, memory, tracked, updated, window.layout)
-        if window.correlation_maps:
-            inputs.correlation_maps = [
-                torch.stack([maps[level] for maps in window.correlation_maps], 1).flatten(0, 1)
-                for level in range(len(window.templates))]
-            inputs.templates = window.templates
+        inputs = WindowInputs(content, reference, memory, tracked, updated, window.layout,
+                              window.layer_inputs)
         layers = self.decode_window_layers(inputs, window.initial_content, point_chunk)
         write = updated[None, ..., None]  # [1, B, W, N, 1]
         old_positions = torch.stack([s.position_logits for s in states], 2)
@@ -130,26 +129,6 @@ class WindowArithmetic:
         return [FrameState(positions[:, :, offset], apu[:, :, offset], vis[:, :, offset],
                            content[:, offset]) for offset in range(len(states))]
 
-    def refresh_templates(self, templates: list[torch.Tensor], initial: list[torch.Tensor],
-                          maps: list[torch.Tensor], tail: FrameState,
-                          updated: torch.Tensor) -> list[torch.Tensor]:
-        """Correlation templates after a window (ours, `config.correlation_template_update`
-        = w > 0): where a point is updated and visible in the window's last frame, its
-        templates become normalise((1 - w) initial + w recent), the recent ones read at its
-        final position in that frame (`maps`: the frame's correlation maps); elsewhere they
-        stay. templates, initial: per level [B, N, C_l]; updated: [B, N] bool.
-        (Refreshing only points whose current patch still resembles the query's, NCC above 0.5
-        or 0.7, did not help on the validation sets or on real video: docs/correlation.md.)
-        """
-        weight = self.config.correlation_template_update
-        positions = torch.sigmoid(tail.position_logits[-1][..., :2])
-        visible = torch.sigmoid(tail.vis_logits[-1][..., 1]) > VISIBLE_THRESHOLD
-        refresh = (visible & updated)[..., None]
-        recent = self.correlation_templates(maps, positions)
-        return [torch.where(refresh, F.normalize((1 - weight) * first + weight * new, dim=-1,
-                                                 eps=PATCH_MIN_NORM), old)
-                for old, first, new in zip(templates, initial, recent)]
-
     @staticmethod
     def propagate(tail: FrameState, later: FrameState, with_content: bool = True) -> FrameState:
         """The state of a frame after the window that ended before it (official): the window's
@@ -159,14 +138,28 @@ class WindowArithmetic:
                           tail.content if with_content else later.content)
 
     def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
-               num_frames: int | None = None, point_chunk: int | None = None) -> TrackStream:
-        """A `TrackStream` for queries [B, N, 2] (model coordinates) and frames [B, N]."""
+               num_frames: int | None = None, point_chunk: int | None = None,
+               options=None) -> TrackStream:
+        """A `TrackStream` for queries [B, N, 2] (model coordinates) and frames [B, N].
+
+        options: tracking options (a `taptr.models.options.TrackingOptions`; None: the
+        model's `default_options`), handed to every hook's `start`; its `point_chunk` applies
+        where `point_chunk` is None and its `long_video_padding` (None: `official_compat`)
+        switches the official long-video content padding.
+        """
+        options = self.default_options if options is None else options
+        config = self.config
+        if point_chunk is None and options is not None:
+            point_chunk = options.point_chunk
         if point_chunk is None:
-            config = self.config
             per_point = (config.window_size * config.hidden_dim * 2 * config.num_levels
                          * config.decoder_points)
             point_chunk = max(64, CHUNK_BUDGET // max(1, query_points.shape[0] * per_point))
-        return TrackStream(self, query_points, query_frames, num_frames, point_chunk)
+        padding = None if options is None else options.long_video_padding
+        sessions = [session for hook in self.hooks.values()
+                    if (session := hook.start(options)) is not None]
+        return TrackStream(self, query_points, query_frames, num_frames, point_chunk,
+                           sessions, config.official_compat if padding is None else padding)
 
 
 def _input_projection(in_channels: int, dim: int, kernel: int = 1, stride: int = 1):
@@ -175,11 +168,17 @@ def _input_projection(in_channels: int, dim: int, kernel: int = 1, stride: int =
 
 
 class TAPTRv2(WindowArithmetic, nn.Module):
-    """TAPTRv2 (Li et al., NeurIPS 2024) as specified in the official code."""
+    """TAPTRv2 (Li et al., NeurIPS 2024) as specified in the official code.
 
-    def __init__(self, config: ModelConfig):
+    config: the architecture; hooks: additions (`taptrv2.hooks.TrackingHook`s, registered
+    under their names in `self.hooks`; none: the paper's network). `default_options`: the
+    tracking options streams use when given none (set by `taptr.models.build`; None here).
+    """
+
+    def __init__(self, config: ModelConfig, hooks: list[TrackingHook] | tuple = ()):
         super().__init__()
         self.config = config
+        self.default_options = None
         dim = config.hidden_dim
         self.backbone = build_backbone(config.backbone)
         stage_channels = [self.backbone.stage_channels[s] for s in config.backbone_stages]
@@ -196,24 +195,27 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         self.decoder = PointDecoder(config.decoder_layers, dim, config.ffn_dim, config.num_heads,
                                     config.num_levels, config.decoder_points,
                                     config.decoder_module_order, config.num_vis_logits,
-                                    config.official_compat, config.point_pe_temperature,
-                                    self._build_correlation(config, self.backbone.stage_channels))
+                                    config.official_compat, config.point_pe_temperature)
         self.window_updater = nn.Sequential(nn.Linear(3 * dim, dim), nn.ReLU(),
                                             nn.Linear(dim, dim))
-        # Inference option (set by `optimized_for_inference`): backbone input in channels-last
-        # memory format, faster convolutions on CPU.
-        self.channels_last_backbone = False
         for projection in self.input_proj:
             nn.init.xavier_uniform_(projection[0].weight)
             nn.init.zeros_(projection[0].bias)
+        self.hooks = nn.ModuleDict({hook.name: hook for hook in hooks})
 
-    @staticmethod
-    def _build_correlation(config: ModelConfig, stage_channels) -> LocalCorrelation | None:
-        if not config.correlation_stages:
-            return None
-        return LocalCorrelation([stage_channels[s] for s in config.correlation_stages],
-                                config.correlation_radius, pixel_patch=config.correlation_patch,
-                                pixel_radius=config.correlation_pixel_radius)
+    def upgrade_key(self, key: str) -> str:
+        """A parameter name (or name prefix) of an older file -> the current one (each hook's
+        `legacy_prefixes`, under `hooks.<name>.`); other names as they are."""
+        probe = key + "."
+        for name, hook in self.hooks.items():
+            for old, new in hook.legacy_prefixes.items():
+                if probe.startswith(old):
+                    return (f"hooks.{name}.{new}" + probe[len(old):]).rstrip(".")
+        return key
+
+    def upgrade_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` with keys of older files renamed to the current ones (`upgrade_key`)."""
+        return {self.upgrade_key(key): value for key, value in state.items()}
 
     # ------------------------------------------------------------------ per-frame features
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, LevelLayout]:
@@ -221,15 +223,16 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         features = self.encode(frames)
         return features.memory, features.layout
 
-    def encode(self, frames: torch.Tensor) -> FrameFeatures:
-        """frames [Nb, 3, H, W] normalised -> `FrameFeatures` (memory and correlation maps)."""
-        if self.channels_last_backbone:
-            frames = frames.contiguous(memory_format=torch.channels_last)
+    def encode(self, frames: torch.Tensor, hooks=None) -> FrameFeatures:
+        """frames [Nb, 3, H, W] normalised -> `FrameFeatures`: the encoder memory (section
+        3.1) and the `frame_features` of the hooks named in `hooks` (None: every hook)."""
         stages = [stage.contiguous() for stage in self.backbone(frames)]
-        correlation = self.decoder.correlation
-        correlation_maps = (correlation.maps([stages[s] for s in self.config.correlation_stages],
-                                             frames)
-                            if correlation is not None else None)
+        extras = {}
+        for name, hook in self.hooks.items():
+            if hooks is None or name in hooks:
+                features = hook.frame_features(frames, stages)
+                if features is not None:
+                    extras[name] = features
         maps = [self.input_proj[i](stages[s]) for i, s in enumerate(self.config.backbone_stages)]
         for projection in self.input_proj[len(maps):]:
             source = stages[-1] if len(maps) == len(self.config.backbone_stages) else maps[-1]
@@ -248,8 +251,7 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         token_pos = torch.cat(token_pos, 1)
         samples = self.config.num_heads * self.config.encoder_points * self.config.num_levels
         chunk = max(64, CHUNK_BUDGET // max(1, frames.shape[0] * samples * self.config.head_dim))
-        return FrameFeatures(self.encoder(tokens, token_pos, layout, chunk), layout,
-                             correlation_maps)
+        return FrameFeatures(self.encoder(tokens, token_pos, layout, chunk), layout, extras)
 
     def query_features(self, memory: torch.Tensor, layout: LevelLayout,
                        points: torch.Tensor) -> torch.Tensor:
@@ -284,7 +286,8 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         inputs: the window (`WindowInputs`, content [B, W, N, C]); initial_content [B, N, C].
         Returns `WindowLayers` for every point and frame (`decode_window` keeps what applies).
         """
-        layers = self.decoder(inputs, point_chunk)
+        layer_hooks = [(self.hooks[name], tensors) for name, tensors in inputs.hook_inputs.items()]
+        layers = self.decoder(inputs, point_chunk, layer_hooks)
         carried = self.window_updater(torch.cat(
             (initial_content[:, None].expand_as(inputs.content), inputs.content,
              layers[-1].fused), -1))
@@ -292,12 +295,6 @@ class TAPTRv2(WindowArithmetic, nn.Module):
         return WindowLayers(torch.stack([o.position_logits for o in layers]),
                             torch.stack([inverse_sigmoid(o.apu_positions) for o in layers]),
                             torch.stack([o.vis_logits for o in layers]), carried)
-
-    def correlation_templates(self, maps: list[torch.Tensor],
-                              points: torch.Tensor) -> list[torch.Tensor]:
-        """Correlation templates (ours) of points [B, N, 2] from one frame's correlation maps:
-        per level [B, N, C_l] (`LocalCorrelation.templates`)."""
-        return self.decoder.correlation.templates(maps, points)
 
     @property
     def device(self) -> torch.device:
@@ -329,21 +326,3 @@ class TAPTRv2(WindowArithmetic, nn.Module):
             output.layer_apu_positions = torch.sigmoid(apu_logits)[..., :2]
             output.layer_vis_logits = vis_logits
         return output
-
-
-def build_model(config: ModelConfig | str) -> TAPTRv2:
-    """A randomly initialised TAPTRv2 for a config or preset name.
-
-    Presets with `initialisation="tracking"` get `init_for_tracking` (ours) on top of the
-    official initialisation.
-    """
-    if isinstance(config, str):
-        from taptr.config import get_preset
-
-        config = get_preset(config)
-    model = TAPTRv2(config)
-    if config.initialisation == "tracking":
-        from taptr.models.init_tracking import init_for_tracking
-
-        init_for_tracking(model)
-    return model

@@ -20,8 +20,9 @@ spread s = median_j |m_j - m_med| (lower medians: the 4th smallest of 8). When
 layer's position and APU position; its visibility stays the model's). The spread keeps points
 at the edge of a moving object, whose neighbours move two ways, from being pulled onto the
 background. The correction needs K + 1 points tracked in a frame; with fewer it does nothing.
-The frame before a window's first frame is kept by the stream for this (`TrackStream`'s
-`last_freed`), so every frame is checked, offline and online alike.
+The frame before a window's first frame is kept by the stream (`WindowBatch.previous_positions`),
+so every frame is checked, offline and online alike. It attaches to the window loop as the hook
+`MotionCorrection` (after each window), on when `TrackingOptions.motion_correction_px` > 0.
 docs/motion_correction.md has the measurements behind the defaults.
 """
 
@@ -30,7 +31,9 @@ from __future__ import annotations
 import torch
 
 from taptr import coords
-from taptr.models.common import inverse_sigmoid
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.taptrv2.hooks import HookSession, TrackingHook
+from taptr.models.taptrv2.windows import FrameState
 
 _ROW_BLOCK = 1024  # distance rows computed at once (bounds memory at many points)
 
@@ -113,3 +116,40 @@ def correct_jumps(position_logits: list[torch.Tensor], apu_logits: list[torch.Te
         corrected_apu.append(apu)
         previous = logits
     return corrected, corrected_apu
+
+
+class MotionCorrection(TrackingHook):
+    """The neighbour motion correction as a hook (no parameters). input_size: (H_in, W_in) of
+    the network."""
+
+    name = "motion_correction"
+
+    def __init__(self, input_size: tuple[int, int]):
+        super().__init__()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+
+    def start(self, options) -> "MotionCorrectionSession | None":
+        if options is None or options.motion_correction_px <= 0:
+            return None
+        return MotionCorrectionSession(self.name, options.motion_correction_px,
+                                       options.motion_correction_neighbours, self.input_size)
+
+
+class MotionCorrectionSession(HookSession):
+    """Corrects each window's decoded frames (`correct_jumps`) before they are stored."""
+
+    def __init__(self, name: str, threshold_px: float, neighbours: int,
+                 input_size: tuple[int, int]):
+        super().__init__(name)
+        self.threshold_px = threshold_px
+        self.neighbours = neighbours
+        self.input_size = input_size
+
+    def after_window(self, window, states: list[FrameState]) -> list[FrameState]:
+        height, width = self.input_size
+        positions, apu = correct_jumps([s.position_logits for s in states],
+                                       [s.apu_logits for s in states], window.previous_positions,
+                                       int(window.frame_ids[0]), window.query_frames,
+                                       self.threshold_px, self.neighbours, (width, height))
+        return [FrameState(new, new_apu, s.vis_logits, s.content)
+                for new, new_apu, s in zip(positions, apu, states)]

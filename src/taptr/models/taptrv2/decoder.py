@@ -7,18 +7,17 @@ frames at or after a point's query frame, `updated` (U) frames strictly after it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from taptr.models.attention import MultiheadAttention, same_group_mask
-from taptr.models.common import (MLP, concat, inverse_sigmoid, mlp_sequential,
-                                 residual_feed_forward)
-from taptr.models.correlation import LocalCorrelation
-from taptr.models.deformable_attention import (KeyAwareDeformableAttention, LevelLayout,
-                                               level_values_per_sample)
-from taptr.models.position_encoding import point_sine_embedding
+from taptr.models.taptrv2.attention import MultiheadAttention
+from taptr.models.taptrv2.common import MLP, inverse_sigmoid, mlp_sequential
+from taptr.models.taptrv2.deformable_attention import KeyAwareDeformableAttention
+from taptr.models.taptrv2.levels import LevelLayout
+from taptr.models.taptrv2.ops import REFERENCE_OPS, PaperOps
+from taptr.models.taptrv2.position_encoding import point_sine_embedding
 
 
 @dataclass
@@ -37,9 +36,8 @@ class WindowInputs:
     tracked: torch.Tensor
     updated: torch.Tensor
     layout: LevelLayout
-    # Correlation update (ours): per level, maps [B*W, C_l, h_l, w_l] and templates [B, N, C_l].
-    correlation_maps: list[torch.Tensor] | None = None
-    templates: list[torch.Tensor] | None = None
+    # Per hook name, the tensors its `after_layer` reads (`taptrv2.hooks`; empty: none).
+    hook_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,13 +66,14 @@ def attention_based_position_update(reference: torch.Tensor, sample_weights: tor
     Returns (apu reference r_ca [B, W, N, 4], displacement [B, W, N, 2] in model coordinates).
     """
     batch, window, num_points = reference.shape[:3]
-    sizes = layout.sizes(offsets)  # (W, H) per level
+    sizes = layout.sizes(offsets)  # [L, 2] (W_l, H_l)
     # The official code divides (x, y) offsets by (H, W): only right for square maps.
     normaliser = sizes.flip(-1) if official_compat else sizes
-    flat = offsets.reshape(*offsets.shape[:3], -1)  # [BW, N, M, L*P*2]: contiguous rows
-    normalised = flat / level_values_per_sample(normaliser, offsets.shape[-2])
-    normalised = normalised.view(*offsets.shape[:2], -1, 2)  # [BW, N, K, 2]
-    weights = sample_weights.softmax(-1)
+    # Offsets in model coordinates: each sample's by its level's size. (The divisor is made a
+    # contiguous [L, P, 2] block, which a CPU divides 30x faster than a broadcast [L, 1, 2].)
+    per_sample = normaliser[:, None, :].expand(*offsets.shape[-3:]).contiguous()
+    normalised = (offsets / per_sample).flatten(2, 4)  # [BW, N, K, 2]
+    weights = sample_weights.softmax(-1)  # [BW, N, K]
     shift = (weights[..., None] * normalised).sum(-2).view(batch, window, num_points, 2)
     moved = torch.sigmoid(inverse_sigmoid(reference[..., :2] + shift))
     moving = updated[..., None]
@@ -92,13 +91,14 @@ class DecoderLayer(nn.Module):
     """
 
     def __init__(self, dim, ffn_dim, num_heads, num_levels, num_points, module_order,
-                 official_compat=False, pe_temperature=10.0):
+                 official_compat=False, pe_temperature=10.0, ops: PaperOps = REFERENCE_OPS):
         super().__init__()
         num_samples = num_heads * num_levels * num_points
         self.module_order = tuple(module_order)
         self.official_compat = official_compat
         self.pe_temperature = pe_temperature
-        self.cross_attn = KeyAwareDeformableAttention(dim, num_heads, num_levels, num_points)
+        self.ops = ops
+        self.cross_attn = KeyAwareDeformableAttention(dim, num_heads, num_levels, num_points, ops)
         self.norm1 = nn.LayerNorm(dim)
         self.temp_self_attn = MultiheadAttention(dim, num_heads)
         self.norm_temp = nn.LayerNorm(dim)
@@ -131,8 +131,7 @@ class DecoderLayer(nn.Module):
             elif module == "sa":
                 content = self._point_attention(content, query_pos, inputs.tracked, point_chunk)
             else:
-                content = residual_feed_forward(content, self.linear1, self.linear2,
-                                                self.norm3)
+                content = self.ops.feed_forward(content, self.linear1, self.linear2, self.norm3)
         return content, apu_reference, displacement
 
     def _cross_attention(self, content, query_pos, reference, inputs, point_chunk):
@@ -152,7 +151,7 @@ class DecoderLayer(nn.Module):
         per_point = content.transpose(1, 2).reshape(batch * num_points, window, dim)
         pos = query_pos.transpose(1, 2).reshape(batch * num_points, window, dim)
         track_flags = tracked.transpose(1, 2).reshape(batch * num_points, window)
-        out = self.temp_self_attn(per_point + pos, per_point, same_group_mask(track_flags))
+        out = self.temp_self_attn(per_point + pos, per_point, self.ops.attention_mask(track_flags))
         out = out.view(batch, num_points, window, dim).transpose(1, 2)
         return self.norm_temp(content + out)
 
@@ -161,28 +160,26 @@ class DecoderLayer(nn.Module):
         per_frame = content.reshape(batch * window, num_points, dim)
         pos = query_pos.reshape(batch * window, num_points, dim)
         track_flags = tracked.reshape(batch * window, num_points)
-        out = self.self_attn(per_frame + pos, per_frame, same_group_mask(track_flags),
+        out = self.self_attn(per_frame + pos, per_frame, self.ops.attention_mask(track_flags),
                              point_chunk)
         return self.norm2(content + out.view(batch, window, num_points, dim))
 
 
 class PointDecoder(nn.Module):
-    """The decoder stack with its shared modules and per-layer heads.
+    """The decoder stack with its shared modules and per-layer heads (paper section 3.2-3.4).
 
     Official names: ref_point_head, query_updater, ca_update_fuser (shared), and per layer
-    bbox_embed -> `position_heads`, class_embed -> `visibility_heads`. `correlation` (ours,
-    optional): a `LocalCorrelation` applied after every layer's position head.
+    bbox_embed -> `position_heads`, class_embed -> `visibility_heads`.
     """
 
     def __init__(self, num_layers, dim, ffn_dim, num_heads, num_levels, num_points,
                  module_order, num_vis_logits=3, official_compat=False, pe_temperature=10.0,
-                 correlation: LocalCorrelation | None = None):
+                 ops: PaperOps = REFERENCE_OPS):
         super().__init__()
-        self.correlation = correlation
         self.pe_temperature = pe_temperature
         self.layers = nn.ModuleList(
             DecoderLayer(dim, ffn_dim, num_heads, num_levels, num_points, module_order,
-                         official_compat, pe_temperature) for _ in range(num_layers))
+                         official_compat, pe_temperature, ops) for _ in range(num_layers))
         self.ref_point_head = MLP(2 * dim, dim, dim, 2)
         self.query_updater = mlp_sequential(2 * dim, dim, dim, 2)
         self.ca_update_fuser = mlp_sequential(2 * dim, dim, dim, 3)
@@ -198,8 +195,13 @@ class PointDecoder(nn.Module):
     def _embed(self, points: torch.Tensor, dim: int) -> torch.Tensor:
         return point_sine_embedding(points, dim // 2, self.pe_temperature)
 
-    def forward(self, inputs: WindowInputs, point_chunk: int | None = None) -> list[LayerOutputs]:
-        """Run every layer over one window; returns one `LayerOutputs` per layer."""
+    def forward(self, inputs: WindowInputs, point_chunk: int | None = None,
+                layer_hooks=()) -> list[LayerOutputs]:
+        """Run every layer over one window; returns one `LayerOutputs` per layer.
+
+        layer_hooks: (hook, inputs) pairs; each hook's `after_layer` refines every layer's
+        positions and visibility after its heads (`taptrv2.hooks`; none in the paper).
+        """
         initial_content = inputs.content
         content = initial_content
         reference = inputs.reference
@@ -217,36 +219,9 @@ class PointDecoder(nn.Module):
                                      torch.zeros((), dtype=fused.dtype, device=fused.device))
             position_logits = refinement + inverse_sigmoid(apu_reference)
             vis_logits = self.visibility_heads[index](fused)
-            if self.correlation is not None:
-                position_logits, vis_logits = self._correlation_update(
-                    position_logits, vis_logits, inputs, point_chunk)
+            for hook, hook_inputs in layer_hooks:
+                position_logits, vis_logits = hook.after_layer(
+                    position_logits, vis_logits, inputs.updated, hook_inputs, point_chunk)
             outputs.append(LayerOutputs(fused, position_logits, apu_reference, vis_logits))
             reference = torch.sigmoid(position_logits).detach()
         return outputs
-
-    def _correlation_update(self, position_logits, vis_logits, inputs: WindowInputs,
-                            point_chunk: int | None = None):
-        """Our local correlation update (models/correlation.py) on updated frames only, over
-        at most `point_chunk` points at a time (the same results, bounded memory)."""
-        batch, window, num_points = position_logits.shape[:3]
-        positions = torch.sigmoid(position_logits[..., :2]).flatten(0, 1)  # [BW, N, 2]
-        templates = [t[:, None].expand(batch, window, *t.shape[1:]).flatten(0, 1)
-                     for t in inputs.templates]
-        chunk = point_chunk or num_points
-        moved, vis_offset = [], []
-        for start in range(0, num_points, chunk):
-            part = slice(start, start + chunk)
-            result = self.correlation.update(positions[:, part], inputs.correlation_maps,
-                                             [t[:, part] for t in templates])
-            moved.append(result[0])
-            vis_offset.append(result[1])
-        moved = concat(moved, 1).view(batch, window, num_points, 2).to(position_logits.dtype)
-        vis_offset = concat(vis_offset, 1).view(batch, window, num_points, 1).to(
-            vis_logits.dtype)
-        updated = inputs.updated[..., None]
-        moved_logits = torch.cat((inverse_sigmoid(moved), position_logits[..., 2:]), -1)
-        position_logits = torch.where(updated, moved_logits, position_logits)
-        extra = torch.zeros_like(vis_logits)
-        extra[..., 1:2] = vis_offset
-        vis_logits = vis_logits + torch.where(updated, extra, torch.zeros_like(extra))
-        return position_logits, vis_logits

@@ -1,15 +1,12 @@
-"""Inference-only speed-ups that keep the function: folded batch norms, channels-last convs,
-fused backbone blocks (`models/fused_backbone.py`)."""
+"""Backbone preparations for inference that keep the function: folded batch norms and
+channels-last convolutions (ours)."""
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
 
-from taptr.models.common import FrozenBatchNorm2d
-from taptr.models.fused_backbone import fuse_backbone
+from taptr.models.taptrv2.common import FrozenBatchNorm2d
 
 
 def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
@@ -41,16 +38,14 @@ def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def optimized_for_inference(model: nn.Module, fuse: bool = True) -> nn.Module:
-    """A copy of a TAPTRv2 model for fast inference: batch norms folded, backbone in
-    channels-last memory format (faster convolutions on CPU) and, with `fuse`, its blocks
-    fused (each convolution with its bias, residual sum and activation one oneDNN call on the
-    CPU; `fuse=False` for ONNX export, which must trace plain convolutions). Same outputs
-    within ~1e-5; the copy's state dict has other keys, so use it for inference only."""
-    model = copy.deepcopy(model).eval()
-    fold_frozen_batchnorm(model.backbone)
-    model.backbone.to(memory_format=torch.channels_last)
-    if fuse:
-        model.backbone = fuse_backbone(model.backbone)
-    model.channels_last_backbone = True
-    return model
+class ChannelsLast(nn.Module):
+    """A backbone whose weights and input are in channels-last memory format (faster
+    convolutions on a CPU); the same stages (`stage_channels` passed through)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.body = backbone.to(memory_format=torch.channels_last)
+        self.stage_channels = backbone.stage_channels
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.body(images.contiguous(memory_format=torch.channels_last))

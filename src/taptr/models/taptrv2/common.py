@@ -1,4 +1,4 @@
-"""Small building blocks shared by the model modules."""
+"""Small building blocks of the TAPTRv2 network (official `util/misc.py`, DETR's MLP)."""
 
 from __future__ import annotations
 
@@ -19,47 +19,11 @@ def inverse_sigmoid(probabilities: torch.Tensor, eps: float = INVERSE_SIGMOID_EP
     return torch.log(numerator / denominator)
 
 
-def softmax_last(logits: torch.Tensor) -> torch.Tensor:
-    """`logits.softmax(-1)`, fast on a CPU also for a short last axis (same values up to float
-    rounding).
-
-    PyTorch 2.13's CPU softmax along a last axis shorter than 16 runs 3-9x slower than
-    along the first axis of the transposed rows (measured for the 12 samples of each head,
-    docs/tracking.md), so short rows are soft-maxed as columns there.
-    """
-    size = logits.shape[-1]
-    if logits.device.type != "cpu" or size >= 16 or logits.dim() < 2:
-        return logits.softmax(-1)
-    columns = logits.reshape(-1, size).t()
-    return columns.softmax(0).t().reshape(logits.shape)
-
-
-# Rows per chunk of `residual_feed_forward` on a CPU: its hidden activations [rows, ffn_dim]
-# stay within about this many numbers (4 MB), in cache instead of one large temporary.
-FEED_FORWARD_CHUNK = 1 << 20
-
-
-def residual_feed_forward(inputs: torch.Tensor, linear1: nn.Linear, linear2: nn.Linear,
-                          norm: nn.Module) -> torch.Tensor:
-    """Post-norm transformer FFN: norm(x + linear2(relu(linear1(x)))), x [..., C] -> [..., C].
-
-    Every row is independent, so on a CPU without autograd the rows run in chunks: the hidden
-    activations of all tokens (712 MB for the paper preset's encoder over 4 frames) are never
-    allocated at once, about 30% faster (docs/tracking.md), the same numbers. With autograd or
-    on a GPU it is one pass.
-    """
-    if inputs.device.type != "cpu" or (torch.is_grad_enabled() and (
-            inputs.requires_grad or linear1.weight.requires_grad)):
-        return norm(inputs + linear2(torch.relu(linear1(inputs))))
-    flat = inputs.reshape(-1, inputs.shape[-1])
-    rows = max(64, FEED_FORWARD_CHUNK // linear1.out_features)
-    if flat.shape[0] <= rows:
-        return norm(inputs + linear2(torch.relu_(linear1(inputs))))
-    out = torch.empty_like(flat)
-    for start in range(0, flat.shape[0], rows):
-        part = flat[start:start + rows]
-        out[start:start + rows] = norm(part + linear2(torch.relu_(linear1(part))))
-    return out.view(inputs.shape)
+def feed_forward(inputs: torch.Tensor, linear1: nn.Linear, linear2: nn.Linear,
+                 norm: nn.Module) -> torch.Tensor:
+    """Post-norm transformer FFN (official `forward_ffn`): norm(x + linear2(relu(linear1(x)))),
+    x [..., C] -> [..., C]. The reference kernel (`taptr.models.kernels` has a chunked one)."""
+    return norm(inputs + linear2(torch.relu(linear1(inputs))))
 
 
 class MLP(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from taptr.models.common import FrozenBatchNorm2d
+from taptr.models.taptrv2.common import FrozenBatchNorm2d
 
 
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
@@ -167,4 +167,14 @@ def build_backbone(name: str) -> nn.Module:
         return ResNet(name)
     if name == "mobilenet_v2":
         return MobileNetV2()
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def backbone_stage_channels(name: str) -> list[int]:
+    """Channels of the 4 stages of backbone `name`, without building it."""
+    if name in RESNET_LAYOUTS:
+        block, _ = RESNET_LAYOUTS[name]
+        return [width * block.expansion for width in (64, 128, 256, 512)]
+    if name == "mobilenet_v2":
+        return [24, 32, 96, 1280]
     raise ValueError(f"unknown backbone {name!r}")

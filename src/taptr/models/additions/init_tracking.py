@@ -5,7 +5,7 @@ and calls it occluded; learning to move it takes far more compute than a CPU has
 initialisation makes the untrained network a tracker, so that training starts from "follows
 texture" instead of from "stands still" (measurements: docs/training_runs/):
 
-* the local correlation update (`LocalCorrelation`, ours) starts as a pure coarse-to-fine
+* the local correlation update (`CorrelationUpdate`, ours) starts as a pure coarse-to-fine
   template matcher: identity feature projections, zero learned residual;
 * the Attention-based Position Update starts neutral: sampling offsets are the fixed
   Deformable-DETR star pattern (offset weights zero) and the APU weight regressor outputs equal
@@ -30,8 +30,8 @@ VISIBLE_LOGIT = 2.0
 def init_for_tracking(model: nn.Module) -> nn.Module:
     """Apply our tracking initialisation to a freshly built TAPTRv2 (in place); returns it."""
     decoder = model.decoder
-    if decoder.correlation is not None:
-        decoder.correlation.reset_parameters()
+    if "correlation" in model.hooks:
+        model.hooks["correlation"].reset_parameters()
     for layer in decoder.layers:
         layer.cross_attn.sampling_offsets.weight.zero_()
         regressor = layer.caupdate_weight_regressor[0]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taptr.models.common import concat
+from taptr.models.taptrv2.common import concat
 
 
 class MultiheadAttention(nn.Module):
@@ -52,13 +52,3 @@ class MultiheadAttention(nn.Module):
                                                           attn_mask=mask))
         out = concat(outputs, 2).transpose(1, 2).reshape(batch, length, dim)
         return self.out_proj(out)
-
-
-def same_group_mask(flags: torch.Tensor) -> torch.Tensor | None:
-    """Attention mask of TAPTRv2's decoder self-attentions: flags [Nb, L] bool -> allowed
-    [Nb, L, L], True where two elements have the same flag (tracked attends to tracked,
-    untracked to untracked; official code). None when every sequence has one flag only (all
-    pairs allowed), except while tracing for export, where the graph must keep the mask."""
-    if not torch.jit.is_tracing() and bool((flags == flags[:, :1]).all()):
-        return None
-    return flags[:, :, None] == flags[:, None, :]

@@ -22,6 +22,8 @@ measurements behind every constant below.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,7 @@ def sample_map(feature_map: torch.Tensor, locations: torch.Tensor) -> torch.Tens
     return samples.permute(0, 2, 3, 1)
 
 
-def _window_start(height: int, width: int, anchors: torch.Tensor, radius: int
+def window_start(height: int, width: int, anchors: torch.Tensor, radius: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-left pixel (x, y) [Nb, Q, 2] int64 of the (2r+2)^2 integer-pixel crop under every
     anchor's (2r+1)^2 window on an h x w map, and the anchors' bilinear fractions [Nb, Q, 2]
@@ -79,10 +81,10 @@ def _window_start(height: int, width: int, anchors: torch.Tensor, radius: int
     return corner.long() - radius, pixels - corner
 
 
-def _window_indices(height: int, width: int, start: torch.Tensor, radius: int
+def window_indices(height: int, width: int, start: torch.Tensor, radius: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the (2r+2)^2 integer-pixel crops with top-left pixels `start` [Nb, Q, 2]
-    (`_window_start`) lie in their image's flattened h x w map.
+    (`window_start`) lie in their image's flattened h x w map.
 
     Returns (index [Nb, Q, 2r+2, 2r+2] into the map flattened per image, clamped onto it;
     inside [Nb, Q, 2r+2, 2r+2] bool, True where the crop pixel lies on the map and False where
@@ -98,7 +100,7 @@ def _window_indices(height: int, width: int, start: torch.Tensor, radius: int
     return index, inside
 
 
-def _blend_crops(crops: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+def blend_crops(crops: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     """Bilinear blend of neighbouring crop pixels: crops [Nb, Q, S+1, S+1, C] and fractions
     [Nb, Q, 2] -> [Nb, Q, S, S, C] (two `lerp`s over contiguous rows)."""
     batch, queries, crop_side, _, channels = crops.shape
@@ -111,57 +113,31 @@ def _blend_crops(crops: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     return blended.view(batch, queries, side, side, channels)
 
 
-def _crops_by_row_segments(feature_map: torch.Tensor, start: torch.Tensor, radius: int
-                           ) -> torch.Tensor | None:
-    """The integer crops [Nb, Q, S, S, C] (S = 2r+2, top-left pixels `start` [Nb, Q, 2])
-    read as S row segments of S*C contiguous numbers each from a zero-padded, channels-last
-    copy of the map (an overlapping strided view of it, one segment per pixel): one indexing
-    op instead of a gather of S*S rows of C numbers, an inside mask and their product.
-    1.6-2.4x faster on a CPU for the pixel level's 3-channel image, the same values.
-
-    Returns None, for the general path, when a crop leaves the padded map (an anchor far
-    outside the image), the map needs a gradient, or a graph is being traced for export.
-    """
-    if torch.jit.is_tracing() or (feature_map.requires_grad and torch.is_grad_enabled()):
-        return None
+def gather_crops(feature_map: torch.Tensor, start: torch.Tensor, radius: int) -> torch.Tensor:
+    """The (2r+2)^2 integer-pixel crops [Nb, Q, S, S, C] (S = 2r+2) with top-left pixels
+    `start` [Nb, Q, 2] (`window_start`) of maps [Nb, C, h, w], zero off the map: one row of C
+    numbers gathered per pixel (the reference crop kernel; `taptr.models.kernels` has a faster
+    one)."""
     batch, channels, height, width = feature_map.shape
-    side = 2 * radius + 2
-    margin = side
-    if bool(((start < -margin) | (start + side > start.new_tensor([width, height]) + margin))
-            .any()):
-        return None
-    padded_height, padded_width = height + 2 * margin, width + 2 * margin
-    padded = feature_map.new_zeros(batch, padded_height, padded_width, channels)
-    padded[:, margin:margin + height, margin:margin + width] = feature_map.permute(0, 2, 3, 1)
-    segments = padded.as_strided(
-        (batch, padded_height, padded_width - side + 1, side * channels),
-        (padded_height * padded_width * channels, padded_width * channels, channels, 1))
-    rows = start[..., 1, None] + margin + torch.arange(side, device=start.device)
-    columns = start[..., 0, None] + margin
-    images = torch.arange(batch, device=start.device).view(batch, 1, 1)
-    crops = segments[images, rows, columns]  # [Nb, Q, S, S*C]
-    return crops.view(batch, start.shape[1], side, side, channels)
+    index, inside = window_indices(height, width, start, radius)
+    table = feature_map.permute(0, 2, 3, 1).reshape(-1, channels)  # one row per pixel
+    images = torch.arange(batch, device=start.device).view(batch, 1, 1, 1) * (height * width)
+    return F.embedding(index + images, table) * inside[..., None].to(table.dtype)
 
 
-def sample_window(feature_map: torch.Tensor, anchors: torch.Tensor, radius: int) -> torch.Tensor:
+def sample_window(feature_map: torch.Tensor, anchors: torch.Tensor, radius: int,
+                  crops: Callable = gather_crops) -> torch.Tensor:
     """Bilinear samples at every whole-pixel offset of `window_offsets(radius)` from anchors.
 
     The same values as `sample_map(feature_map, anchors[:, :, None] + offsets / (w, h))` (up to
     float rounding): every sample of a window shares its anchor's fraction, so the window is
-    one integer crop (zero off the map) blended with two `lerp`s, a fraction of `grid_sample`'s
-    cost on a CPU.
+    one integer crop (zero off the map; `crops`, e.g. `gather_crops`) blended with two
+    `lerp`s, a fraction of `grid_sample`'s cost on a CPU.
     feature_map: [Nb, C, h, w]; anchors: [Nb, Q, 2] -> [Nb, Q, (2r+1)^2, C].
     """
-    batch, channels, height, width = feature_map.shape
-    start, fractions = _window_start(height, width, anchors, radius)
-    crops = _crops_by_row_segments(feature_map, start, radius)
-    if crops is None:
-        index, inside = _window_indices(height, width, start, radius)
-        table = feature_map.permute(0, 2, 3, 1).reshape(-1, channels)  # one row per pixel
-        images = torch.arange(batch, device=anchors.device).view(batch, 1, 1, 1) * (height
-                                                                                   * width)
-        crops = F.embedding(index + images, table) * inside[..., None].to(table.dtype)
-    return _blend_crops(crops, fractions).flatten(2, 3)
+    height, width = feature_map.shape[-2:]
+    start, fractions = window_start(height, width, anchors, radius)
+    return blend_crops(crops(feature_map, start, radius), fractions).flatten(2, 3)
 
 
 def window_cosine(feature_map: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,
@@ -176,16 +152,16 @@ def window_cosine(feature_map: torch.Tensor, anchors: torch.Tensor, templates: t
     pixels `sample_window` and a dot product would be cheaper.
     """
     batch, channels, height, width = feature_map.shape
-    start, fractions = _window_start(height, width, anchors, radius)
-    index, inside = _window_indices(height, width, start, radius)
+    start, fractions = window_start(height, width, anchors, radius)
+    index, inside = window_indices(height, width, start, radius)
     dots = torch.matmul(templates.to(feature_map.dtype), feature_map.flatten(2))  # [Nb, Q, hw]
     crops = dots.gather(2, index.flatten(2)).view(*index.shape, 1) * inside[..., None].to(
         dots.dtype)
-    return _blend_crops(crops, fractions).flatten(2)
+    return blend_crops(crops, fractions).flatten(2)
 
 
 def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius: int,
-                             patch_radius: int) -> torch.Tensor:
+                             patch_radius: int, crops: Callable = gather_crops) -> torch.Tensor:
     """Zero-mean, unit-norm RGB patches (2p+1)^2 around every offset of
     `window_offsets(radius)` from anchors, each ordered (channel, row, column).
 
@@ -197,7 +173,7 @@ def window_patch_descriptors(image: torch.Tensor, anchors: torch.Tensor, radius:
     """
     batch, queries, _ = anchors.shape
     side = 2 * (radius + patch_radius) + 1
-    region = sample_window(image, anchors, radius + patch_radius)  # [Nb, Q, side*side, 3]
+    region = sample_window(image, anchors, radius + patch_radius, crops)  # [Nb, Q, side^2, 3]
     region = region.reshape(batch * queries, side, side, -1).permute(0, 3, 1, 2)
     patches = F.unfold(region, 2 * patch_radius + 1)  # [Nb*Q, 3 (2p+1)^2, (2r+1)^2]
     patches = patches.transpose(1, 2).reshape(batch, queries, (2 * radius + 1) ** 2, -1)
@@ -217,7 +193,8 @@ def correlate_by_shifts(region: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     S-k+1], as a sum of k^2 shifted products.
 
     The same numbers as `F.conv2d` with `groups=M` (up to float rounding), without a group
-    count that depends on the input: the form ONNX export needs (`taptr.export`).
+    count that depends on the input: the reference, and the form ONNX export needs
+    (`taptr.export`; `taptr.models.kernels` has the convolution).
     """
     kernel = weight.shape[-1]
     out = region.shape[-1] - kernel + 1
@@ -230,7 +207,8 @@ def correlate_by_shifts(region: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
 
 def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tensor,
-               radius: int, patch_radius: int, by_shifts: bool = False) -> torch.Tensor:
+               radius: int, patch_radius: int, ops: "CorrelationOps | None" = None
+               ) -> torch.Tensor:
     """Normalised cross-correlation of patch templates at every offset of a window.
 
     Equals `(window_patch_descriptors(...) * templates[:, :, None]).sum(-1)` without
@@ -240,14 +218,14 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     square.
     image: [Nb, 3, H, W]; anchors: [Nb, Q, 2]; templates: [Nb, Q, 3 (2p+1)^2] zero-mean,
     unit-norm, ordered (channel, row, column). returns [Nb, Q, (2r+1)^2].
-    by_shifts: the numerator by `correlate_by_shifts` instead of a convolution (for
-    export; the same numbers up to rounding).
+    ops: the crop and depthwise-correlation kernels (None: the reference ones).
     """
     batch, queries, _ = anchors.shape
     count = batch * queries
     side = 2 * (radius + patch_radius) + 1
     kernel = 2 * patch_radius + 1
-    region = sample_window(image, anchors, radius + patch_radius)  # [Nb, Q, side*side, C]
+    ops = REFERENCE_CORRELATION_OPS if ops is None else ops
+    region = sample_window(image, anchors, radius + patch_radius, ops.window_crops)
     channels = region.shape[-1]
     region = region.reshape(count, side * side * channels)
     # NCC ignores a constant added to the region; removing its mean keeps the box-sum variance
@@ -255,15 +233,7 @@ def window_ncc(image: torch.Tensor, anchors: torch.Tensor, templates: torch.Tens
     region = region - region.mean(-1, keepdim=True)
     region = region.view(count, side, side, channels).permute(0, 3, 1, 2).contiguous()
     weight = templates.reshape(count, channels, kernel, kernel).to(region.dtype)
-    if by_shifts:
-        numerator = correlate_by_shifts(region, weight).reshape(count, -1)
-    else:
-        # One depthwise convolution per (point, channel), summed over channels: the same
-        # numbers as a grouped convolution with one group per point, ~10x faster on a CPU
-        # (docs/tracking.md).
-        numerator = F.conv2d(region.reshape(1, count * channels, side, side),
-                             weight.reshape(count * channels, 1, kernel, kernel),
-                             groups=count * channels).view(count, channels, -1).sum(1)
+    numerator = ops.depthwise_correlation(region, weight).reshape(count, -1)
     taps = channels * kernel * kernel
     total = box_sums(region.sum(1), kernel).view(count, -1)
     squares = box_sums(region.pow(2).sum(1), kernel).view(count, -1)
@@ -302,6 +272,20 @@ def peak_subpixel(logits: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.stack((dx, dy), -1)
 
 
+@dataclass(frozen=True)
+class CorrelationOps:
+    """The replaceable operations of the correlation update: window_crops(feature_map, start,
+    radius) as `gather_crops`; depthwise_correlation(region, weight) as
+    `correlate_by_shifts`."""
+
+    name: str
+    window_crops: Callable
+    depthwise_correlation: Callable
+
+
+REFERENCE_CORRELATION_OPS = CorrelationOps("reference", gather_crops, correlate_by_shifts)
+
+
 class LocalCorrelation(nn.Module):
     """Correlation maps, templates and the coarse-to-fine correlation update.
 
@@ -309,8 +293,7 @@ class LocalCorrelation(nn.Module):
     keeps its channel count. radius: r of the (2r+1)^2 search grid, in level pixels.
     pixel_patch: p > 0 adds the finest level, NCC of (2p+1)^2 patches of the input image,
     searched over a (2 pixel_radius + 1)^2 window of input pixels.
-    `ncc_by_shifts` (default False; set by ONNX export): the pixel level's NCC without a
-    convolution (`correlate_by_shifts`).
+    `ops`: its `CorrelationOps` (the reference ones unless kernels were selected by name).
     Parameters: `projections.{i}` (1x1 convs), `log_scale` (softmax sharpness per level),
     `motion_prior` (per level), `peak_gain`, `peak_threshold` (pixel-level visibility),
     `residual.{i}` (MLP: correlation -> (dx, dy) in level pixels, visibility logit).
@@ -321,7 +304,7 @@ class LocalCorrelation(nn.Module):
                  pixel_scale: float = PIXEL_SCALE, pixel_radius: int | None = None):
         super().__init__()
         self.pixel_patch = pixel_patch
-        self.ncc_by_shifts = False
+        self.ops = REFERENCE_CORRELATION_OPS
         pixel_radius = radius if pixel_radius is None else pixel_radius
         self.radii = [radius] * len(stage_channels) + ([pixel_radius] if pixel_patch else [])
         self.projections = nn.ModuleList(nn.Conv2d(c, c, 1) for c in stage_channels)
@@ -379,7 +362,8 @@ class LocalCorrelation(nn.Module):
         templates = []
         for level, feature_map in enumerate(maps):
             if self._is_pixel_level(level):
-                read = window_patch_descriptors(feature_map, points, 0, self.pixel_patch)
+                read = window_patch_descriptors(feature_map, points, 0, self.pixel_patch,
+                                                self.ops.window_crops)
             else:
                 read = sample_map(feature_map, points[:, :, None])
             templates.append(F.normalize(read[:, :, 0], dim=-1, eps=PATCH_MIN_NORM))
@@ -417,7 +401,7 @@ class LocalCorrelation(nn.Module):
             distance2 = offsets.pow(2).sum(-1)  # [K]
             if self._is_pixel_level(level):  # NCC on the input image
                 correlation = window_ncc(feature_map, anchor, template, radius,
-                                         self.pixel_patch, self.ncc_by_shifts)  # [Nb, N, K]
+                                         self.pixel_patch, self.ops)  # [Nb, N, K]
             else:  # cosine similarity of features
                 correlation = window_cosine(feature_map, anchor, template, radius)
             logits = correlation * self.log_scale[level].exp() - self.motion_prior[level] * distance2

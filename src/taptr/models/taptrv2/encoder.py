@@ -1,20 +1,24 @@
-"""Deformable transformer encoder over one frame's multi-scale feature tokens."""
+"""Deformable transformer encoder over one frame's multi-scale feature tokens (TAPTRv2 section
+3.1, from Deformable-DETR; official `DeformableTransformerEncoderLayer`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from taptr.models.common import residual_feed_forward
-from taptr.models.deformable_attention import DeformableAttention, LevelLayout
+from taptr.models.taptrv2.deformable_attention import DeformableAttention
+from taptr.models.taptrv2.levels import LevelLayout
+from taptr.models.taptrv2.ops import REFERENCE_OPS, PaperOps
 
 
 class EncoderLayer(nn.Module):
     """Post-norm layer: deformable self-attention then FFN (official names norm1, linear1, ...)."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int,
+                 ops: PaperOps = REFERENCE_OPS):
         super().__init__()
-        self.self_attn = DeformableAttention(dim, num_heads, num_levels, num_points)
+        self.ops = ops
+        self.self_attn = DeformableAttention(dim, num_heads, num_levels, num_points, ops)
         self.norm1 = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
@@ -25,7 +29,7 @@ class EncoderLayer(nn.Module):
         attended = self.self_attn(tokens + token_pos, reference.expand(tokens.shape[0], -1, -1),
                                   tokens, layout, query_chunk)
         tokens = self.norm1(tokens + attended)
-        return residual_feed_forward(tokens, self.linear1, self.linear2, self.norm2)
+        return self.ops.feed_forward(tokens, self.linear1, self.linear2, self.norm2)
 
 
 def encoder_reference_points(layout: LevelLayout, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -40,11 +44,14 @@ def encoder_reference_points(layout: LevelLayout, device=None, dtype=torch.float
 
 
 class Encoder(nn.Module):
+    """The deformable encoder (official `DeformableTransformerEncoder`): self-attention among
+    one frame's multi-scale tokens."""
+
     def __init__(self, num_layers: int, dim: int, ffn_dim: int, num_heads: int,
-                 num_levels: int, num_points: int):
+                 num_levels: int, num_points: int, ops: PaperOps = REFERENCE_OPS):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(dim, ffn_dim, num_heads, num_levels, num_points)
-                                    for _ in range(num_layers))
+        self.layers = nn.ModuleList(EncoderLayer(dim, ffn_dim, num_heads, num_levels, num_points,
+                                                 ops) for _ in range(num_layers))
 
     def forward(self, tokens: torch.Tensor, token_pos: torch.Tensor, layout: LevelLayout,
                 query_chunk: int | None = None) -> torch.Tensor:
