@@ -25,17 +25,19 @@ def _work_started(*args, **kwargs):
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Any model load, clip load, checkpoint read or download fails the test."""
+    """Any model load, clip load, checkpoint read, download or trainer fails the test."""
     import taptr.data.scenes.texture_fetch as texture_fetch
     import taptr.demo
     import taptr.official
     import taptr.tracker
+    import taptr.training.trainer
 
     monkeypatch.setattr(taptr.tracker, "load_model", _work_started)
     monkeypatch.setattr(taptr.tracker.Tracker, "from_pretrained", _work_started)
     monkeypatch.setattr(taptr.demo, "load_demo_clip", _work_started)
     monkeypatch.setattr(taptr.official, "load_official", _work_started)
     monkeypatch.setattr(texture_fetch, "fetch_textures", _work_started)
+    monkeypatch.setattr(taptr.training.trainer, "Trainer", _work_started)
 
 
 def _refused(capsys, argv: list[str]) -> str:
@@ -59,9 +61,7 @@ def test_track_refuses_an_unwritable_output_folder_before_tracking(no_work, tmp_
     ["export", "--out", UNWRITABLE],
     ["convert", "taptrv2.pth", f"{UNWRITABLE}/taptrv2.safetensors"],
     ["textures", "fetch", UNWRITABLE],
-    pytest.param(["train", "--out", UNWRITABLE, "--steps", "1"], marks=pytest.mark.xfail(
-        strict=True, raises=OSError,
-        reason="cli/train.py (the training recipe's part of issue 23) does not check --out yet")),
+    ["train", "--out", UNWRITABLE, "--steps", "1"],
 ])
 def test_every_writing_command_refuses_an_unwritable_output_before_its_work(no_work, capsys,
                                                                             argv):

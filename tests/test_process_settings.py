@@ -64,7 +64,7 @@ def test_keep_freed_memory_reports_whether_glibc_accepted_every_setting(monkeypa
 
 
 # ----------------------------------------------------------------------------- threads
-COMPUTING_COMMANDS = ("track", "demo", "eval", "export", "app")
+COMPUTING_COMMANDS = ("track", "demo", "eval", "export", "app", "train")
 
 
 def _subparser(name: str):

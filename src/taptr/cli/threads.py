@@ -1,4 +1,5 @@
-"""The `--threads` option, shared by every command that computes (track, demo, eval, export).
+"""The `--threads` option, shared by every command that computes (track, demo, eval, export,
+app, train).
 
 Default: the value of the environment variable OMP_NUM_THREADS when it is set (PyTorch reads it
 too), else DEFAULT_THREADS = 1. One thread, because on the 2-core machine we measured, shared

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
+from taptr.cli.threads import add_threads_option, apply_threads
 from taptr.errors import TaptrError
 
 # (flag, config key, metavar, help): shortcuts for --set KEY=VALUE.
@@ -56,8 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, key, metavar, text in SHORTCUTS:
         parser.add_argument(flag, dest=key, metavar=metavar, default=None,
                             help=f"{text} [{key}]")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for PyTorch (default: PyTorch's choice)")
+    add_threads_option(parser)
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="end this session after STEP (with a checkpoint); the schedule "
                              "still spans --steps")
@@ -129,13 +130,15 @@ def stop_on_signals(trainer):
 
 
 def run(args) -> int:
-    from taptr.device import set_threads
+    from taptr.io.atomic import check_can_create_folder
     from taptr.training.trainer import Trainer
 
     config = build_config(args)
     if args.stop_at is not None and args.stop_at < 1:
         raise TaptrError(f"--stop-at must be at least 1, got {args.stop_at}")
-    set_threads(args.threads)
+    apply_threads(args)
+    if os.environ.get("RANK", "0") == "0":  # the one process that writes (torchrun: rank 0)
+        check_can_create_folder(config.run.out)  # before a model is built or a file is read
     trainer = Trainer(config, resume=args.resume)
     try:
         with stop_on_signals(trainer):

@@ -3,7 +3,7 @@
 A checkpoint is a plain dict of tensors, dicts, lists, tuples, ints, floats, strings and None,
 written through `taptr.io.atomic.atomic_path` (temporary file, fsync, `os.replace`: a crash
 never leaves a half-written `last.pt`), and read back with `torch.load(weights_only=True)`
-(no arbitrary unpickling).
+through `taptr.io.torch_files` (no arbitrary unpickling; one-line errors).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from taptr.errors import TaptrError
 from taptr.io.atomic import atomic_path
+from taptr.io.torch_files import load_tensors
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -27,15 +28,17 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         torch.save(state, temporary)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by `save_checkpoint`; problems become `TaptrError`."""
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by `save_checkpoint` (tensors on the CPU).
+
+    Raises `TaptrError` (one line) for a missing file, a file that is not a readable PyTorch
+    file or holds Python objects other than tensors and plain containers
+    (`taptr.io.torch_files.load_tensors`), and a dict without a training step.
+    """
     path = Path(path)
     if not path.is_file():
         raise TaptrError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise TaptrError(f"cannot read checkpoint {path}: {error}") from None
+    state = load_tensors(path, "a taptr training checkpoint")
     if not isinstance(state, dict) or "step" not in state:
         raise TaptrError(f"{path} is not a taptr training checkpoint")
     return state

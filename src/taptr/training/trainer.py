@@ -40,6 +40,7 @@ from taptr.data.seeding import derive_seed
 from taptr.device import autocast, resolve_precision
 from taptr.distributed import DistributedContext
 from taptr.errors import TaptrError
+from taptr.io.atomic import check_can_create_folder, write_text_atomic
 from taptr.training import checkpoint as ckpt
 from taptr.training.config import FIXED_ON_RESUME, TrainConfig
 from taptr.training.data import batch_stream
@@ -166,6 +167,7 @@ class Trainer:
             raise TaptrError(f"{self.out} already holds a run; pass --resume to continue it "
                              "or choose another --out")
         if self.context.is_main:
+            check_can_create_folder(self.out)  # one line for an unwritable place, not OSError
             self.out.mkdir(parents=True, exist_ok=True)
         self.context.barrier()
 
@@ -271,7 +273,7 @@ class Trainer:
             "autocast": str(self.autocast_dtype) if self.autocast_dtype else "none",
             "torch": torch.__version__,
         }
-        (self.out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        write_text_atomic(self.out / "config.json", json.dumps(resolved, indent=2) + "\n")
 
     # ------------------------------------------------------------------ data
     @property

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from taptr.io.atomic import write_text_atomic
 from taptr.training.validation import METRIC_KEYS, evaluate_samples
 
 
@@ -70,5 +71,5 @@ class Validator:
         from taptr.training.curves import baseline_scores
 
         scores = {name: baseline_scores(samples) for name, samples in self.sets().items()}
-        path.write_text(json.dumps(scores, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(scores, indent=2) + "\n")
         return scores
