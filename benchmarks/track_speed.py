@@ -220,7 +220,7 @@ def side_by_side(args) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_code import checkout
 
-    from taptr.config import get_preset
+    from taptr import get_preset
     from taptr.io.atomic import atomic_path
     from taptr.models import build_model
 

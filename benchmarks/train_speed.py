@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from taptr.config import get_preset
+from taptr import get_preset
 from taptr.data.scenes import SceneGenerator
 from taptr.data.scenes.config import SceneConfig
 from taptr.models import build_model

@@ -44,7 +44,7 @@ def test_with_every_addition_off_the_small_model_is_the_plain_paper_stream(easy_
     """`TrackingOptions.plain()`: the bundled network with our hooks off tracks exactly like
     the same weights in the paper's network with no hooks attached at all."""
     from taptr.models import TAPTRv2
-    from taptr.tracker import load_model
+    from taptr import load_model
 
     bundled = load_model(None)
     paper = TAPTRv2(bundled.config)  # no hooks: the paper's network and window loop
@@ -66,7 +66,7 @@ def test_files_from_before_the_hooks_load_with_their_tracking_defaults():
     its config: both are mapped on load."""
     from safetensors import safe_open
 
-    from taptr.tracker import load_model
+    from taptr import load_model
     from taptr.weights import resolve_weights
 
     with safe_open(str(resolve_weights(None)), framework="pt") as handle:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taptr.config import get_preset
+from taptr import get_preset
 from taptr.data.sample import TrackingSample
 from taptr.models import TrackingOptions, build_model
 from taptr.models.additions.correlation import LocalCorrelation, window_offsets

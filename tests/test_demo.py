@@ -9,7 +9,8 @@ import torch
 from taptr.cli import main as cli_main
 from taptr.demo import find_demo_video, longest_shot, shot_boundaries
 from taptr.models import build_model
-from taptr.weights import bundled_weights, load_weights, save_weights
+from taptr.models.registry import list_models
+from taptr.weights import load_weights, save_weights
 
 
 def test_shots_are_cut_at_scene_changes():
@@ -24,7 +25,7 @@ def test_shots_are_cut_at_scene_changes():
 
 
 def test_the_default_weights_are_bundled_and_load():
-    assert "taptr-small" in bundled_weights()
+    assert "taptr-small" in list_models(pretrained=True)
     model = load_weights()  # the default
     assert model.config.name == "small"
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from taptr.cli import main
-from taptr.weights import DEFAULT_WEIGHTS
+from taptr.models.registry import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -146,5 +146,5 @@ def test_the_tracking_examples_come_from_the_bundled_weights():
     assert any("stream_vs_offline.py" in line for line in commands)
     for line in commands:
         weights = re.search(r"--weights (\S+)", line)
-        assert weights is None or weights.group(1) == DEFAULT_WEIGHTS, line
+        assert weights is None or weights.group(1) == DEFAULT_MODEL, line
     assert not any("random weights" in block for block in blocks)

@@ -271,7 +271,7 @@ def test_taptr_tracker_runs_through_the_harness(tmp_path, toy_pickle, capsys):
     """The model tracker (tiny preset, random weights) plugs into the loop, padding included."""
     pytest.importorskip("taptr.tracker")
     torch = pytest.importorskip("torch")
-    from taptr.config import get_preset
+    from taptr import get_preset
     from taptr.models import build_model
     from taptr.weights import save_weights
 

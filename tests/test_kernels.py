@@ -137,7 +137,7 @@ def test_every_kernel_equals_the_reference_operation(name):
 def test_a_model_tracks_alike_under_every_kernel_set(name):
     """Whole streams (with the correlation update and the motion correction) under each kernel
     set against the reference kernels: the same tracks up to float rounding."""
-    from taptr.config import get_preset
+    from taptr import get_preset
     from taptr.models import TrackingOptions
     from taptr.tracker import Tracker
     from tracking_helpers import moving_square_frames

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from taptr.config import get_preset
+from taptr import get_preset
 from taptr.models import build_model, window_starts
 from taptr.models.taptrv2.decoder import DecoderLayer, WindowInputs
 from taptr.models.taptrv2.levels import LevelLayout

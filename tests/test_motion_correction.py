@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from taptr import Tracker
-from taptr.config import get_preset
+from taptr import get_preset
 from taptr.errors import TaptrError
 from taptr.models import TrackingOptions, build_model
 from taptr.models.additions.motion_correction import (MotionCorrection, correct_jumps,

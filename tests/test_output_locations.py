@@ -28,10 +28,12 @@ def no_work(monkeypatch):
     """Any model load, clip load, checkpoint read, download or trainer fails the test."""
     import taptr.data.scenes.texture_fetch as texture_fetch
     import taptr.demo
+    import taptr.loading
     import taptr.official
     import taptr.tracker
     import taptr.training.trainer
 
+    monkeypatch.setattr(taptr.loading, "load_model", _work_started)
     monkeypatch.setattr(taptr.tracker, "load_model", _work_started)
     monkeypatch.setattr(taptr.tracker.Tracker, "from_pretrained", _work_started)
     monkeypatch.setattr(taptr.demo, "load_demo_clip", _work_started)

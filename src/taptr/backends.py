@@ -88,4 +88,6 @@ def as_backend(model, backend: str):
                 raise
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("exported the model to ONNX: %s", folder)
-    return OnnxTAPTRv2(folder)
+    from taptr.loading import load_model
+
+    return load_model(folder)

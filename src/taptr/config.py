@@ -1,7 +1,10 @@
-"""Model configuration: one dataclass and a registry of named presets.
+"""Model configuration: one dataclass and the architectures of the named presets.
 
 A `ModelConfig` fully describes a network; `to_dict`/`from_dict` round-trip it through the
-metadata of our safetensors files, so a weights file alone rebuilds its model.
+metadata of our safetensors files, so a weights file alone rebuilds its model. The presets'
+architectures (`paper_config`, `small_config`, `tiny_config`) are registered by name, with
+their default tracking options and weights files, in the one registry `taptr.models.registry`
+(`get_preset(name)`, `list_models()`).
 """
 
 from __future__ import annotations
@@ -131,11 +134,12 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
-def _paper() -> ModelConfig:
+def paper_config() -> ModelConfig:
+    """The paper's TAPTRv2 (the field defaults: `config/TAPTRv2.py` of the official code)."""
     return ModelConfig()
 
 
-def _small() -> ModelConfig:
+def small_config() -> ModelConfig:
     """Our CPU preset.
 
     MobileNetV2 backbone (2.2 M parameters instead of ResNet-50's 23.5 M), 128 channels,
@@ -166,22 +170,13 @@ def _small() -> ModelConfig:
     )
 
 
-def _tiny() -> ModelConfig:
+def tiny_config() -> ModelConfig:
     """A minute model for unit tests: `small` scaled down (ResNet-18 stages, 32 channels, 2
     decoder layers, 2 sampling points, a 64x96 input, no correlation update); random weights,
     runs in milliseconds."""
-    return _small().replace(name="tiny", backbone="resnet18", hidden_dim=32, ffn_dim=64,
+    return small_config().replace(name="tiny", backbone="resnet18", hidden_dim=32, ffn_dim=64,
                             decoder_layers=2, encoder_points=2, decoder_points=2,
                             input_size=(64, 96), correlation_stages=(), correlation_radius=3,
                             correlation_patch=0, correlation_pixel_radius=3,
                             initialisation="detr")
 
-
-PRESETS = {"taptrv2": _paper, "small": _small, "tiny": _tiny}
-
-
-def get_preset(name: str) -> ModelConfig:
-    """Return a fresh copy of the named preset."""
-    if name not in PRESETS:
-        raise TaptrError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()

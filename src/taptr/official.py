@@ -15,9 +15,9 @@ import re
 
 import torch
 
-from taptr.config import get_preset
 from taptr.errors import TaptrError
 from taptr.io.torch_files import load_tensors
+from taptr.models.registry import get_preset
 from taptr.models.state_dict import load_state_strict, name_list
 
 # (official prefix, our prefix), first match wins.

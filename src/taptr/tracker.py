@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from taptr import coords
 from taptr.errors import TaptrError
 from taptr.io.video import open_video
+from taptr.loading import load_model  # the one loader (also reachable here, as before)
 from taptr.model_io import ModelIO, PixelChunk
 from taptr.queries import build_queries
 from taptr.result import TrackResult
@@ -37,44 +38,6 @@ from taptr.streaming import OnlineTracker
 
 # Official evaluation pads queries to 800 with static points restarting within 12 frames.
 PADDING_RESTART_FRAMES = 12
-
-
-def load_model(name_or_path=None):
-    """A model from bundled weights (None = default, or a name), a `.safetensors` file of ours,
-    an official checkpoint (`.pth`/`.pt`, e.g. `taptrv2.pth`), or a folder written by
-    `taptr export --format onnx` (an `OnnxTAPTRv2`)."""
-    from taptr.export.manifest import is_onnx_export
-
-    if is_onnx_export(name_or_path):
-        from taptr.export.onnx_runtime import OnnxTAPTRv2
-
-        return OnnxTAPTRv2(name_or_path)
-    from taptr.weights import bundled_weights
-
-    if (name_or_path is not None and str(name_or_path) not in bundled_weights()
-            and Path(name_or_path).is_dir()):
-        _refuse_folder(Path(name_or_path))
-    if name_or_path is not None and Path(name_or_path).suffix.lower() in (".pth", ".pt"):
-        if not Path(name_or_path).is_file():
-            raise TaptrError(f"no such checkpoint: {str(name_or_path)!r}")
-        from taptr.official import load_official
-
-        return load_official(name_or_path)
-    from taptr.weights import load_weights
-
-    return load_weights(name_or_path)
-
-
-def _refuse_folder(folder: Path) -> None:
-    """Raise `TaptrError` saying what a folder given as weights is (weights are a file; the
-    only folder accepted is an ONNX export, which `load_model` checked first)."""
-    from taptr.export.manifest import MANIFEST
-
-    if not any(folder.iterdir()):
-        raise TaptrError(f"{str(folder)!r} is an empty folder, not weights (a .safetensors or "
-                         ".pth file) nor an ONNX export (a folder from `taptr export`)")
-    raise TaptrError(f"{str(folder)!r} is a folder without {MANIFEST}: not an ONNX export from "
-                     "`taptr export`, and weights are a .safetensors or .pth file")
 
 
 class Tracker:
@@ -120,8 +83,8 @@ class Tracker:
     def from_pretrained(cls, name_or_path=None, device=None, dtype=None,
                         backend: str | None = None, options=None,
                         tune_allocator: bool = False) -> "Tracker":
-        """Load bundled weights by name (None = default), our `.safetensors` file, an official
-        `.pth` checkpoint, or a folder written by `taptr export` (backend None: onnxruntime
+        """Load a registered name (None = the default), our `.safetensors` file, an official
+        `.pth` checkpoint, or a folder written by `taptr export` (`taptr.load_model`) (backend None: onnxruntime
         for such a folder, pytorch otherwise). options: as for `Tracker`."""
         from taptr.backends import resolve_backend
 

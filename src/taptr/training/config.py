@@ -56,7 +56,7 @@ class ModelSetup:
     """The network and what it starts from (pretrained parts are frozen in `optim`)."""
 
     preset: str = "small"
-    init_weights: str | None = None  # our .safetensors weights to fine-tune from
+    init_weights: str | None = None  # weights to fine-tune from: a registered name or a file
     init_backbone: str | None = None  # ImageNet backbone weights (`training.pretrained`)
 
 
@@ -218,7 +218,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ checks
     def check(self) -> None:
         """Values in range, names known. Raises TaptrError naming the setting."""
-        from taptr.config import get_preset
+        from taptr.models.registry import get_preset
         from taptr.training.curves import VALIDATION_SETS
 
         values = self.flat()
@@ -264,9 +264,13 @@ class TrainConfig:
         for key, folder in folders.items():
             if folder is not None and not Path(folder).is_dir():
                 raise TaptrError(f"{key}: folder not found: {folder}")
+        from taptr.models.registry import get_entry, is_registered
+
         for key in ("init_weights", "init_backbone"):
             path = getattr(self.model, key)
-            if path is not None and not Path(path).is_file():
+            named = (key == "init_weights" and is_registered(path)
+                     and get_entry(path).weights is not None)  # e.g. taptr-small
+            if path is not None and not named and not Path(path).is_file():
                 raise TaptrError(f"model.{key}: file not found: {path}")
 
 

@@ -19,18 +19,20 @@ from taptr.text import count
 logger = logging.getLogger(__name__)
 
 
-def load_initial_weights(model: nn.Module, path: str) -> None:
-    """Start from a full set of our weights (fine-tuning); their config must be the model's."""
-    from safetensors.torch import load_file
-
+def load_initial_weights(model: nn.Module, name_or_path: str) -> None:
+    """Start from a full set of weights (fine-tuning): a registered name, our `.safetensors`
+    or an official `.pth`, loaded by `taptr.load_model`; their config must be the model's."""
+    from taptr.loading import load_model
     from taptr.models.state_dict import load_state_strict
-    from taptr.weights import read_weights_config
 
-    stored = read_weights_config(path)
-    if stored.to_dict() != model.config.to_dict():
-        raise TaptrError(f"{path} holds a {stored.name!r} model that differs from the "
-                         f"{model.config.name!r} preset being trained")
-    load_state_strict(model, {k: v.float() for k, v in load_file(path).items()})
+    stored = load_model(name_or_path)
+    if not isinstance(stored, nn.Module):
+        raise TaptrError(f"{name_or_path} is an ONNX export: fine-tuning starts from "
+                         ".safetensors or .pth weights")
+    if stored.config.to_dict() != model.config.to_dict():
+        raise TaptrError(f"{name_or_path} holds a {stored.config.name!r} model that differs "
+                         f"from the {model.config.name!r} preset being trained")
+    load_state_strict(model, stored.state_dict())
 
 
 def freeze_parameters(model: nn.Module, lr_backbone: float, train_only: tuple[str, ...]) -> None:

@@ -35,12 +35,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from taptr.config import ModelConfig, get_preset
+from taptr.config import ModelConfig
 from taptr.data.seeding import derive_seed
 from taptr.device import autocast, resolve_precision
 from taptr.distributed import DistributedContext
 from taptr.errors import TaptrError
 from taptr.io.atomic import check_can_create_folder, write_text_atomic
+from taptr.models.registry import get_preset
 from taptr.training import checkpoint as ckpt
 from taptr.training.config import FIXED_ON_RESUME, TrainConfig
 from taptr.training.data import batch_stream
