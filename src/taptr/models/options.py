@@ -23,6 +23,8 @@ LEGACY_CONFIG_FIELDS = {"correlation_template_update": "template_update",
 class TrackingOptions:
     """How to track (every field has a default; `replace` or `with_overrides` to change).
 
+    flow_prior: our dense optical-flow prior (docs/flow_prior.md): frames no window has
+        decoded yet start from the previous position moved by DIS optical flow, not a copy.
     correlation: our local correlation update (docs/correlation.md), where the network has
         one; off gives the paper's decoder.
     template_update: weight w of a point's recent appearance in its correlation templates,
@@ -38,6 +40,7 @@ class TrackingOptions:
     Raises `TaptrError` for values out of range.
     """
 
+    flow_prior: bool = False
     correlation: bool = True
     template_update: float = 0.0
     motion_correction_px: float = 0.0
@@ -71,7 +74,8 @@ class TrackingOptions:
 
     def plain(self) -> "TrackingOptions":
         """These options with every addition of ours off: the paper's TAPTRv2 stream."""
-        return self.replace(correlation=False, template_update=0.0, motion_correction_px=0.0)
+        return self.replace(flow_prior=False, correlation=False, template_update=0.0,
+                            motion_correction_px=0.0)
 
     def with_overrides(self, items: list[str]) -> "TrackingOptions":
         """These options with "key=value" strings applied (the CLI's `--option`); values are
