@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from taptr import coords
+from taptr.errors import TaptrError
 from taptr.models.additions.flow_prior import (FlowPrior, FlowPriorSession,
                                                gray_from_normalised)
 from taptr.models.options import TrackingOptions
@@ -64,7 +65,8 @@ def test_new_frames_start_where_the_flow_takes_each_tracked_point():
                          memory=[], extras=[{"flow_prior": [g[None]]} for g in gray],
                          layout=None, query_frames=query_frames,
                          initial_content=torch.zeros(1, 3, 8))
-    session = hook.start(TrackingOptions(flow_prior=True))
+    session = hook.start(TrackingOptions(flow_prior=True, flow_preset="medium",
+                                         flow_consistency=True))
     assert isinstance(session, FlowPriorSession)
     session.before_window(window)
     shift = torch.tensor(SHIFT)
@@ -100,6 +102,10 @@ def test_the_flow_prior_is_an_option_and_off_in_the_plain_stream():
     assert hook.start(TrackingOptions()) is None
     assert TrackingOptions(flow_prior=True).plain().flow_prior is False
     assert TrackingOptions().with_overrides(["flow_prior=on"]).flow_prior is True
+    with pytest.raises(TaptrError, match="flow_preset"):
+        TrackingOptions(flow_preset="slow")
+    session = hook.start(TrackingOptions(flow_prior=True))
+    assert session.with_consistency is False and session.flow.preset == "fast"
 
 
 def test_a_tracker_with_the_flow_prior_follows_a_translation():

@@ -7,9 +7,10 @@ window decoded gets, for every point tracked at f - 1 (query frame before f), th
 f - 1 moved by the flow from f - 1 to f, sampled bilinearly at that position; every decoder
 layer's position and APU position are set, so the decoder refines from there.
 
-The flow is OpenCV's DIS (Kroeger et al., ECCV 2016; `cv2.DISOpticalFlow`, preset "medium")
-on the network's input frames turned gray, at the network's input resolution, computed once
-per frame pair and in both directions: the forward-backward error |p + F(p) + B(p + F(p)) - p|
+The flow is OpenCV's DIS (Kroeger et al., ECCV 2016; `cv2.DISOpticalFlow`, the preset of the
+option `flow_preset`, "fast" by default) on the network's input frames turned gray, at the
+network's input resolution, computed once per frame pair. With the option `flow_consistency`
+the backward flow is computed too, and the forward-backward error |p + F(p) + B(p + F(p)) - p|
 of each step (input pixels) is kept per frame as a reliability signal (`consistency`).
 
 Why: the decoder corrects a position near the truth far better than it finds one that moved
@@ -27,12 +28,12 @@ import torch
 from taptr import coords
 from taptr.models.taptrv2.common import inverse_sigmoid
 from taptr.models.taptrv2.hooks import HookSession, TrackingHook
+from taptr.models.options import FLOW_PRESETS
 from taptr.models.taptrv2.windows import FrameState
 from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # ITU-R BT.601 luma weights (OpenCV's RGB -> gray).
 _LUMA = (0.299, 0.587, 0.114)
-DIS_PRESETS = ("ultrafast", "fast", "medium")
 
 
 def gray_from_normalised(frames: torch.Tensor) -> torch.Tensor:
@@ -60,14 +61,15 @@ class DenseFlow:
     """DIS optical flow between 8-bit gray frames [H, W], cached per ordered frame pair until
     `forget` (one stream's frames)."""
 
-    def __init__(self, preset: str = "medium"):
+    def __init__(self, preset: str = "fast"):
         import cv2
 
-        if preset not in DIS_PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {DIS_PRESETS}")
+        if preset not in FLOW_PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {FLOW_PRESETS}")
         codes = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
                  "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                  "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+        self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(codes[preset])
         self._flows: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -101,18 +103,21 @@ class FlowPrior(TrackingHook):
     def start(self, options) -> "FlowPriorSession | None":
         if options is None or not options.flow_prior:
             return None
-        return FlowPriorSession(self.name, self.input_size)
+        return FlowPriorSession(self.name, self.input_size, options.flow_preset,
+                                options.flow_consistency)
 
 
 class FlowPriorSession(HookSession):
     """Moves the points of not-yet-decoded frames by the flow before each window (module
-    docstring). consistency: frame -> [B, N] forward-backward error of the step into that
-    frame, input pixels (NaN for points not moved)."""
+    docstring). consistency (with `with_consistency`): frame -> [B, N] forward-backward error
+    of the step into that frame, input pixels (NaN for points not moved)."""
 
-    def __init__(self, name: str, input_size: tuple[int, int], preset: str = "medium"):
+    def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
+                 with_consistency: bool = False):
         super().__init__(name)
         self.input_size = input_size
         self.flow = DenseFlow(preset)
+        self.with_consistency = with_consistency
         self.decoded_end = 0  # frames before it were decoded by some window
         self.consistency: dict[int, torch.Tensor] = {}
 
@@ -141,11 +146,13 @@ class FlowPriorSession(HookSession):
                 points = positions[item].cpu().numpy()
                 forward = points + sample_flow(
                     self.flow.flow((item, frame - 1, frame), source, target), points)
-                back = forward + sample_flow(
-                    self.flow.flow((item, frame, frame - 1), target, source), forward)
                 moved[item] = torch.from_numpy(forward).to(moved)
-                error[item] = torch.from_numpy(np.linalg.norm(back - points, axis=1))
-            self.consistency[frame] = torch.where(tracked.cpu(), error, torch.nan)
+                if self.with_consistency:
+                    back = forward + sample_flow(
+                        self.flow.flow((item, frame, frame - 1), target, source), forward)
+                    error[item] = torch.from_numpy(np.linalg.norm(back - points, axis=1))
+            if self.with_consistency:
+                self.consistency[frame] = torch.where(tracked.cpu(), error, torch.nan)
             logits = inverse_sigmoid(coords.input_to_model(moved, size)).to(
                 now.position_logits.dtype)
             take = tracked[None, ..., None]  # [1, B, N, 1]
