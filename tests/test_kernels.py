@@ -263,3 +263,39 @@ def test_fused_convolution_falls_back_when_the_private_operator_fails(monkeypatc
         out = fused(inputs)
         assert torch.allclose(out, torch.nn.functional.relu6(conv(inputs)), atol=1e-6)
     assert not fused.fused  # later calls go straight to the eager ops
+
+
+def test_channels_last_convolution_equals_the_convolution():
+    from taptr.models.kernels.backbone import ChannelsLastConv2d
+
+    torch.manual_seed(0)
+    for conv in (torch.nn.Conv2d(40, 16, 1), torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)):
+        inputs = torch.randn(2, conv.in_channels, 9, 13)
+        with torch.no_grad():
+            got = ChannelsLastConv2d(conv)(inputs)
+            assert got.is_contiguous()
+            assert torch.allclose(got, conv(inputs), atol=1e-5)
+
+
+@pytest.mark.skipif(not fused_kernels_available(), reason="needs oneDNN's fused convolution")
+def test_inference_tracks_do_not_depend_on_the_thread_count():
+    """The bundled model prepared for CPU inference gives the same bits with 1 and 2 threads
+    (PyTorch's own convolution of a contiguous input does not, and the window loop grows such
+    differences into lost points: docs/tracking.md, "Threads")."""
+    from taptr.tracker import Tracker
+
+    rng = np.random.default_rng(3)
+    texture = rng.integers(0, 256, (140, 200, 3), dtype=np.uint8)
+    frames = np.stack([texture[2 * t:2 * t + 96, 3 * t:3 * t + 128] for t in range(14)])
+    tracker = Tracker.from_pretrained(device="cpu")
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            result = tracker.track(frames, grid=6, progress=False)
+            results.append((result.tracks.copy(), result.visibility.copy()))
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])

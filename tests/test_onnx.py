@@ -202,3 +202,17 @@ def test_encoder_graph_with_query_chunks_tracks_like_pytorch(monkeypatch, tmp_pa
     got = Tracker.from_pretrained(str(folder)).track(frames, grid=3, progress=False)
     want = Tracker(tiny_model(), device="cpu").track(frames, grid=3, progress=False)
     assert np.abs(got.tracks - want.tracks).max() <= 0.01
+
+
+def test_the_flow_prior_runs_in_both_backends_alike(tiny_export):
+    """The flow prior (ours) computes its gray frames outside the graphs: the export follows
+    the option as PyTorch does."""
+    frames = moving_square_frames(16, 96, 128)
+    exported = Tracker.from_pretrained(str(tiny_export), options={"flow_prior": True})
+    reference = Tracker(tiny_model(), device="cpu", options={"flow_prior": True})
+    plain = Tracker(tiny_model(), device="cpu")
+    got = exported.track(frames, grid=5, progress=False)
+    want = reference.track(frames, grid=5, progress=False)
+    assert np.abs(got.tracks - want.tracks).max() <= 0.01
+    np.testing.assert_array_equal(got.visible, want.visible)
+    assert np.abs(want.tracks - plain.track(frames, grid=5, progress=False).tracks).max() > 0.01

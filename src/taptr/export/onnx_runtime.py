@@ -21,6 +21,7 @@ from taptr.config import ModelConfig
 from taptr.errors import TaptrError
 from taptr.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, require_onnxruntime
 from taptr.models.additions.correlation_update import correlation_session
+from taptr.models.additions.flow_prior import FlowPrior
 from taptr.models.additions.motion_correction import MotionCorrection
 from taptr.models.options import TrackingOptions
 from taptr.models.taptrv2.levels import LevelLayout
@@ -61,7 +62,8 @@ class OnnxTAPTRv2(WindowArithmetic):
         self.layout = LevelLayout.from_shapes(manifest["layout"])
         self.correlation_levels = int(manifest["correlation_levels"])
         # The hooks the window loop calls (their layer computations are in the window graph).
-        self.hooks = {"motion_correction": MotionCorrection(self.config.input_size)}
+        self.hooks = {"flow_prior": FlowPrior(self.config.input_size),
+                      "motion_correction": MotionCorrection(self.config.input_size)}
         if self.correlation_levels:
             self.hooks["correlation"] = _CorrelationGraphs(self)
         options = onnxruntime.SessionOptions()
@@ -105,7 +107,10 @@ class OnnxTAPTRv2(WindowArithmetic):
         memory = torch.cat([outputs[0] for outputs in per_frame])
         maps = [torch.cat([outputs[level] for outputs in per_frame])
                 for level in range(1, len(per_frame[0]))]
-        return FrameFeatures(memory, self.layout, {"correlation": maps} if maps else {})
+        extras = {"correlation": maps} if maps else {}
+        if hooks is None or "flow_prior" in hooks:  # computed here, outside the graphs
+            extras["flow_prior"] = self.hooks["flow_prior"].frame_features(frames, [])
+        return FrameFeatures(memory, self.layout, extras)
 
     def query_features(self, memory: torch.Tensor, layout: LevelLayout,
                        points: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from taptr.errors import TaptrError
 
+# OpenCV's DIS optical flow presets (the flow prior's `flow_preset`).
+FLOW_PRESETS = ("ultrafast", "fast", "medium")
 # ModelConfig fields of files written before the options existed -> option names.
 LEGACY_CONFIG_FIELDS = {"correlation_template_update": "template_update",
                         "motion_correction_px": "motion_correction_px",
@@ -23,6 +25,11 @@ LEGACY_CONFIG_FIELDS = {"correlation_template_update": "template_update",
 class TrackingOptions:
     """How to track (every field has a default; `replace` or `with_overrides` to change).
 
+    flow_prior: our dense optical-flow prior (docs/flow_prior.md): frames no window has
+        decoded yet start from the previous position moved by DIS optical flow, not a copy.
+    flow_preset: OpenCV's DIS preset of that flow: 'ultrafast', 'fast' or 'medium'.
+    flow_consistency: also compute the backward flow and keep each step's forward-backward
+        error (input pixels) in the prior's session, a reliability signal (twice the flow).
     correlation: our local correlation update (docs/correlation.md), where the network has
         one; off gives the paper's decoder.
     template_update: weight w of a point's recent appearance in its correlation templates,
@@ -38,6 +45,9 @@ class TrackingOptions:
     Raises `TaptrError` for values out of range.
     """
 
+    flow_prior: bool = False
+    flow_preset: str = "fast"
+    flow_consistency: bool = False
     correlation: bool = True
     template_update: float = 0.0
     motion_correction_px: float = 0.0
@@ -47,6 +57,9 @@ class TrackingOptions:
     kernels: str | None = None
 
     def __post_init__(self) -> None:
+        if self.flow_preset not in FLOW_PRESETS:
+            raise TaptrError(f"flow_preset must be one of {FLOW_PRESETS}, got "
+                             f"{self.flow_preset!r}")
         if not 0.0 <= self.template_update <= 1.0:
             raise TaptrError(f"template_update must be in [0, 1], got {self.template_update}")
         if self.motion_correction_px < 0:
@@ -71,7 +84,8 @@ class TrackingOptions:
 
     def plain(self) -> "TrackingOptions":
         """These options with every addition of ours off: the paper's TAPTRv2 stream."""
-        return self.replace(correlation=False, template_update=0.0, motion_correction_px=0.0)
+        return self.replace(flow_prior=False, correlation=False, template_update=0.0,
+                            motion_correction_px=0.0)
 
     def with_overrides(self, items: list[str]) -> "TrackingOptions":
         """These options with "key=value" strings applied (the CLI's `--option`); values are

@@ -58,6 +58,10 @@ class ModelSetup:
     preset: str = "small"
     init_weights: str | None = None  # weights to fine-tune from: a registered name or a file
     init_backbone: str | None = None  # ImageNet backbone weights (`training.pretrained`)
+    # Tracking options the run trains and exports with, as KEY=VALUE changes to the preset's
+    # defaults (`taptr.models.TrackingOptions`, e.g. "flow_prior=on"): the training forward
+    # runs our additions as tracking will, and the weights store them as their defaults.
+    options: tuple[str, ...] = ()
 
 
 @dataclass

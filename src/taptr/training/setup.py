@@ -57,10 +57,14 @@ def freeze_parameters(model: nn.Module, lr_backbone: float, train_only: tuple[st
 def prepare_model(config, model_config: ModelConfig, model: nn.Module | None = None,
                   pretrained: bool = True) -> nn.Module:
     """The network of a run: `model` or `build_model(model_config)`, then (when `pretrained`,
-    i.e. not on resume) `init_weights` and `init_backbone`, then the freezing."""
-    from taptr.models import build_model
+    i.e. not on resume) `init_weights` and `init_backbone`, then the freezing; the tracking
+    options of `config.model.options` become the model's defaults."""
+    from taptr.models import TrackingOptions, build_model
 
     model = model if model is not None else build_model(model_config)
+    if config.model.options:
+        defaults = getattr(model, "default_options", None) or TrackingOptions()
+        model.default_options = defaults.with_overrides(list(config.model.options))
     if pretrained and config.model.init_weights:
         load_initial_weights(model, config.model.init_weights)
         logger.info(f"weights initialised from {config.model.init_weights}")

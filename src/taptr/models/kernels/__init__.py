@@ -6,7 +6,7 @@
 |---|---|---|
 | `reference` | the plain math of `taptrv2.ops` and `additions.correlation`: `grid_sample` sampling, softmax, one-pass FFN, gathered crops, NCC by shifted products | reading, checking, ONNX export |
 | `fast` | row-gather sampling (`sampling.py`), short-row softmax on a CPU (`softmax.py`), the self-attention mask skipped where it allows every pair, NCC by one convolution (`correlation.py`); autograd-safe | training (`build_model`'s default) |
-| `inference` | `fast`, plus on a CPU the chunked FFN (`feed_forward.py`) and row-segment crops (`correlation.py`); batch norms folded, channels-last backbone, and on a CPU in float32 the fused oneDNN backbone (`backbone.py`); no autograd | `Tracker`, `taptr track` (`prepare_for_inference`) |
+| `inference` | `fast`, plus on a CPU the chunked FFN (`feed_forward.py`) and row-segment crops (`correlation.py`); batch norms folded, channels-last backbone, and on a CPU in float32 the fused oneDNN backbone and every other convolution as oneDNN's on channels-last inputs (`backbone.py`: the same bits for any thread count); no autograd | `Tracker`, `taptr track` (`prepare_for_inference`) |
 
 The choice is made once, here; no kernel inspects the device, autograd or tracing while it
 runs. Where a kernel cannot run (another device or dtype) the selection falls back to the
@@ -23,7 +23,8 @@ from torch import nn
 from taptr.errors import TaptrError
 from taptr.models.additions.correlation import (REFERENCE_CORRELATION_OPS, CorrelationOps,
                                                 gather_crops)
-from taptr.models.kernels.backbone import fuse_backbone, fused_kernels_available
+from taptr.models.kernels.backbone import (convolutions_channels_last, fuse_backbone,
+                                           fused_kernels_available)
 from taptr.models.kernels.correlation import correlate_by_convolution, row_segment_crops
 from taptr.models.kernels.feed_forward import chunked_feed_forward
 from taptr.models.kernels.prepare import ChannelsLast, fold_frozen_batchnorm
@@ -102,8 +103,13 @@ def prepare_for_inference(model: nn.Module, kernels: str | None = None, device=N
     use_kernels(model, name, device)
     if name == "inference":
         backbone = fold_frozen_batchnorm(model.backbone)
-        if (device.type == "cpu" and autocast_dtype is None and fused_kernels_available()
-                and next(model.parameters()).dtype == torch.float32):
+        fused = (device.type == "cpu" and autocast_dtype is None and fused_kernels_available()
+                 and next(model.parameters()).dtype == torch.float32)
+        if fused:
             backbone = fuse_backbone(backbone.to(memory_format=torch.channels_last))
         model.backbone = ChannelsLast(backbone)
+        if fused:  # the other convolutions too: thread-count-independent results
+            for name, child in model.named_children():
+                if name != "backbone":
+                    convolutions_channels_last(child)
     return model

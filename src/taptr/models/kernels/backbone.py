@@ -90,6 +90,29 @@ class FusedConv2d(nn.Module):
         return out if after_sum == unary else _eager_activation(out, self.activation)
 
 
+class ChannelsLastConv2d(FusedConv2d):
+    """A plain convolution run as oneDNN's convolution on a channels-last input, returned
+    contiguous: the same function as `conv` (up to float rounding), and on a CPU the same bits
+    whatever the number of threads, which PyTorch's own convolution of a contiguous input is
+    not (a 1x1 convolution over 1280 channels differed by 5e-6 between 1 and 2 threads,
+    and the window loop grows such differences into lost points: docs/tracking.md, "Threads").
+    `forward(x)`: x [B, C_in, H, W] -> [B, C_out, H', W']."""
+
+    def forward(self, inputs: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return super().forward(inputs, residual).contiguous()
+
+
+def convolutions_channels_last(module: nn.Module) -> nn.Module:
+    """Replace every `nn.Conv2d` inside `module` by a `ChannelsLastConv2d` sharing its
+    parameters (in place; returns the module)."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv2d:
+                setattr(parent, name, ChannelsLastConv2d(child))
+    return module
+
+
 def _format_of(tensor: torch.Tensor) -> torch.memory_format:
     return (torch.channels_last if tensor.dim() == 4
             and tensor.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,173 @@
+"""Dense optical-flow motion prior (ours, not in the paper).
+
+TAPTRv2 starts each frame that no window has decoded yet from a copy of the last decoded
+position (the official window loop's propagation). This hook starts it where dense optical
+flow takes the point instead: before a window is decoded, each frame f of it that no earlier
+window decoded gets, for every point tracked at f - 1 (query frame before f), the position at
+f - 1 moved by the flow from f - 1 to f, sampled bilinearly at that position; every decoder
+layer's position and APU position are set, so the decoder refines from there.
+
+The flow is OpenCV's DIS (Kroeger et al., ECCV 2016; `cv2.DISOpticalFlow`, the preset of the
+option `flow_preset`, "fast" by default) on the network's input frames turned gray, at the
+network's input resolution, computed once per frame pair. With the option `flow_consistency`
+the backward flow is computed too, and the forward-backward error |p + F(p) + B(p + F(p)) - p|
+of each step (input pixels) is kept per frame as a reliability signal (`consistency`).
+
+Why: the decoder corrects a position near the truth far better than it finds one that moved
+far; classical flow is the best short-term motion estimate a CPU has (docs/flow_prior.md has
+the measurements). Turned on and off by the tracking option `flow_prior`. The hook needs no parameters and no training, and runs outside the
+network's graphs (ONNX export included): the gray frames are the hook's per-frame features,
+the flow is computed by the stream's session in NumPy/OpenCV.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from taptr import coords
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.taptrv2.hooks import HookSession, TrackingHook
+from taptr.models.options import FLOW_PRESETS
+from taptr.models.taptrv2.windows import FrameState
+from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+# ITU-R BT.601 luma weights (OpenCV's RGB -> gray).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def gray_from_normalised(frames: torch.Tensor) -> torch.Tensor:
+    """Network input frames [Nb, 3, H, W] (ImageNet-normalised RGB) -> gray [Nb, 1, H, W]
+    in 0..255 (float, rounded), as OpenCV's RGB2GRAY of the 8-bit frames."""
+    mean = frames.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = frames.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = ((frames * std + mean).clamp(0, 1) * 255).round()
+    luma = frames.new_tensor(_LUMA).view(1, 3, 1, 1)
+    return (rgb * luma).sum(1, keepdim=True).round()
+
+
+def sample_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear sample of a dense flow [H, W, 2] at points [M, 2] (x, y pixels) -> [M, 2];
+    points off the image take the flow of the nearest border pixel."""
+    import cv2
+
+    map_x = np.ascontiguousarray(points[:, 0:1], dtype=np.float32)
+    map_y = np.ascontiguousarray(points[:, 1:2], dtype=np.float32)
+    sampled = cv2.remap(flow, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return sampled.reshape(-1, 2)
+
+
+class DenseFlow:
+    """DIS optical flow between 8-bit gray frames [H, W], cached per ordered frame pair until
+    `forget` (one stream's frames)."""
+
+    def __init__(self, preset: str = "fast"):
+        import cv2
+
+        if preset not in FLOW_PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {FLOW_PRESETS}")
+        codes = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                 "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(codes[preset])
+        self._flows: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def flow(self, key: tuple[int, int, int], source: np.ndarray,
+             target: np.ndarray) -> np.ndarray:
+        """Flow [H, W, 2] (pixels) from `source` to `target`; key: (item, source frame, target
+        frame) for the cache."""
+        if key not in self._flows:
+            self._flows[key] = self._dis.calc(source, target, None)
+        return self._flows[key]
+
+    def forget(self, keep_from: int) -> None:
+        """Drop the flows of pairs whose earlier frame is before `keep_from`."""
+        for key in [k for k in self._flows if min(k[1], k[2]) < keep_from]:
+            del self._flows[key]
+
+
+class FlowPrior(TrackingHook):
+    """The flow prior as a hook (no parameters). input_size: (H_in, W_in) of the network."""
+
+    name = "flow_prior"
+
+    def __init__(self, input_size: tuple[int, int]):
+        super().__init__()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+
+    def frame_features(self, frames: torch.Tensor, stages) -> list[torch.Tensor]:
+        """The gray frame [Nb, 1, H_in, W_in] (0..255) of each network input frame."""
+        return [gray_from_normalised(frames)]
+
+    def start(self, options) -> "FlowPriorSession | None":
+        if options is None or not options.flow_prior:
+            return None
+        return FlowPriorSession(self.name, self.input_size, options.flow_preset,
+                                options.flow_consistency)
+
+
+class FlowPriorSession(HookSession):
+    """Moves the points of not-yet-decoded frames by the flow before each window (module
+    docstring). consistency (with `with_consistency`): frame -> [B, N] forward-backward error
+    of the step into that frame, input pixels (NaN for points not moved)."""
+
+    def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
+                 with_consistency: bool = False):
+        super().__init__(name)
+        self.input_size = input_size
+        self.flow = DenseFlow(preset)
+        self.with_consistency = with_consistency
+        self.decoded_end = 0  # frames before it were decoded by some window
+        self.consistency: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def _gray(extras: dict, name: str, item: int) -> np.ndarray:
+        return extras[name][0][item, 0].to("cpu", torch.float32).numpy().astype(np.uint8)
+
+    def before_window(self, window) -> None:
+        start = int(window.frame_ids[0])
+        first_new = max(self.decoded_end, start + 1)
+        height, width = self.input_size
+        size = (width, height)
+        states = list(window.states)
+        for frame in range(first_new, start + len(states)):
+            before, now = states[frame - 1 - start], states[frame - start]
+            tracked = window.query_frames < frame  # [B, N]
+            positions = coords.model_to_input(
+                torch.sigmoid(before.position_logits[-1, ..., :2].detach().float()), size)
+            moved = positions.clone()
+            error = torch.full(tracked.shape, float("nan"))
+            for item in range(positions.shape[0]):
+                if not bool(tracked[item].any()):
+                    continue
+                source = self._gray(window.extras[frame - 1 - start], self.name, item)
+                target = self._gray(window.extras[frame - start], self.name, item)
+                points = positions[item].cpu().numpy()
+                forward = points + sample_flow(
+                    self.flow.flow((item, frame - 1, frame), source, target), points)
+                moved[item] = torch.from_numpy(forward).to(moved)
+                if self.with_consistency:
+                    back = forward + sample_flow(
+                        self.flow.flow((item, frame, frame - 1), target, source), forward)
+                    error[item] = torch.from_numpy(np.linalg.norm(back - points, axis=1))
+            if self.with_consistency:
+                self.consistency[frame] = torch.where(tracked.cpu(), error, torch.nan)
+            logits = inverse_sigmoid(coords.input_to_model(moved, size)).to(
+                now.position_logits.dtype)
+            take = tracked[None, ..., None]  # [1, B, N, 1]
+            position = now.position_logits.clone()
+            apu = now.apu_logits.clone()
+            position[..., :2] = torch.where(take, logits[None], position[..., :2])
+            apu[..., :2] = torch.where(take, logits[None], apu[..., :2])
+            states[frame - start] = FrameState(position, apu, now.vis_logits, now.content)
+        window.states = states
+
+    def after_window(self, window, states):
+        self.decoded_end = max(self.decoded_end, int(window.frame_ids[-1]) + 1)
+        return states
+
+    def release(self, keep_from: int) -> None:
+        self.flow.forget(keep_from)
+        for frame in [f for f in self.consistency if f < keep_from]:
+            del self.consistency[frame]

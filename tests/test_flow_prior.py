@@ -1,0 +1,136 @@
+"""The dense optical-flow prior (ours, models/additions/flow_prior.py)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from taptr import coords
+from taptr.errors import TaptrError
+from taptr.models.additions.flow_prior import (FlowPrior, FlowPriorSession,
+                                               gray_from_normalised)
+from taptr.models.options import TrackingOptions
+from taptr.models.taptrv2.common import inverse_sigmoid
+from taptr.models.taptrv2.windows import FrameState, WindowBatch
+from taptr.preprocess import normalize
+
+SIZE = (64, 96)  # (H_in, W_in)
+SHIFT = (2.0, -1.0)  # (dx, dy) input pixels per frame
+
+
+def _translated_frames(count: int) -> np.ndarray:
+    """A smooth random texture moving by SHIFT each frame: uint8 [T, H, W, 3]."""
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (200, 240, 3), dtype=np.uint8), (0, 0), 2)
+    frames = []
+    for t in range(count):
+        x0, y0 = 60 - int(SHIFT[0] * t), 60 - int(SHIFT[1] * t)
+        frames.append(texture[y0:y0 + SIZE[0], x0:x0 + SIZE[1]])
+    return np.stack(frames)
+
+
+def _state(points_px: torch.Tensor, layers: int = 2) -> FrameState:
+    """Every layer at the given points [B, N, 2] (input pixels), 'visible'."""
+    logits = inverse_sigmoid(coords.input_to_model(points_px, (SIZE[1], SIZE[0])))
+    logits = torch.cat((logits, torch.zeros_like(logits)), -1)[None].expand(layers, -1, -1, -1)
+    batch, count = points_px.shape[:2]
+    return FrameState(logits.clone(), logits.clone(), torch.zeros(layers, batch, count, 3),
+                      torch.zeros(batch, count, 8))
+
+
+def _positions(state: FrameState) -> torch.Tensor:
+    """[Ld, B, N, 2] input pixels of every layer."""
+    return coords.model_to_input(torch.sigmoid(state.position_logits[..., :2]),
+                                 (SIZE[1], SIZE[0]))
+
+
+def test_gray_of_the_network_input_is_opencvs_gray():
+    frames = _translated_frames(2)
+    gray = gray_from_normalised(normalize(torch.from_numpy(frames)))
+    want = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    assert gray.shape == (2, 1, *SIZE)
+    assert np.abs(gray[:, 0].numpy() - want).max() <= 1
+
+
+def test_new_frames_start_where_the_flow_takes_each_tracked_point():
+    frames = _translated_frames(6)
+    hook = FlowPrior(SIZE)
+    gray = hook.frame_features(normalize(torch.from_numpy(frames)), [])[0]  # [T, 1, H, W]
+    start = torch.tensor([[[40.0, 30.0], [50.0, 20.0], [30.0, 40.0]]])  # [1, 3, 2]
+    # Point 0 is queried at frame 0, point 1 at frame 2, point 2 at frame 9 (not yet tracked).
+    query_frames = torch.tensor([[0, 2, 9]])
+    window = WindowBatch(frame_ids=torch.arange(6), states=[_state(start) for _ in range(6)],
+                         memory=[], extras=[{"flow_prior": [g[None]]} for g in gray],
+                         layout=None, query_frames=query_frames,
+                         initial_content=torch.zeros(1, 3, 8))
+    session = hook.start(TrackingOptions(flow_prior=True, flow_preset="medium",
+                                         flow_consistency=True))
+    assert isinstance(session, FlowPriorSession)
+    session.before_window(window)
+    shift = torch.tensor(SHIFT)
+    for frame, state in enumerate(window.states):
+        got = _positions(state)  # [Ld, 1, 3, 2]
+        moved0 = start[0, 0] + frame * shift
+        moved1 = start[0, 1] + max(0, frame - 2) * shift
+        assert torch.allclose(got[:, 0, 0], moved0.expand_as(got[:, 0, 0]), atol=0.25)
+        assert torch.allclose(got[:, 0, 1], moved1.expand_as(got[:, 0, 1]), atol=0.25)
+        assert torch.allclose(got[:, 0, 2], start[0, 2].expand_as(got[:, 0, 2]), atol=1e-3)
+        assert torch.equal(state.apu_logits[..., :2], state.position_logits[..., :2])
+        if frame >= 1:  # a consistent flow: the forward-backward error is small
+            error = session.consistency[frame][0]
+            assert float(error[0]) < 0.5 and torch.isnan(error[2])
+    # The next window moves only frames no window has decoded yet.
+    session.after_window(window, window.states)
+    decoded = [FrameState(s.position_logits, s.apu_logits, s.vis_logits, s.content)
+               for s in window.states]
+    later = WindowBatch(frame_ids=torch.arange(2, 6), states=decoded[2:],
+                        memory=[], extras=[{"flow_prior": [g[None]]} for g in gray[2:]],
+                        layout=None, query_frames=query_frames,
+                        initial_content=torch.zeros(1, 3, 8))
+    session.before_window(later)
+    for old, new in zip(decoded[2:], later.states):
+        assert torch.equal(old.position_logits, new.position_logits)
+    session.release(4)
+    assert min(session.consistency) >= 4
+
+
+def test_the_flow_prior_is_an_option_and_off_in_the_plain_stream():
+    hook = FlowPrior(SIZE)
+    assert hook.start(None) is None
+    assert hook.start(TrackingOptions()) is None
+    assert TrackingOptions(flow_prior=True).plain().flow_prior is False
+    assert TrackingOptions().with_overrides(["flow_prior=on"]).flow_prior is True
+    with pytest.raises(TaptrError, match="flow_preset"):
+        TrackingOptions(flow_preset="slow")
+    session = hook.start(TrackingOptions(flow_prior=True))
+    assert session.with_consistency is False and session.flow.preset == "fast"
+
+
+def test_a_tracker_with_the_flow_prior_follows_a_translation():
+    """The bundled model with the prior on keeps points on a translating texture (the prior
+    starts each new frame where the flow takes it; the decoder refines from there)."""
+    from taptr.tracker import Tracker
+
+    frames = np.repeat(np.repeat(_translated_frames(16), 3, axis=1), 3, axis=2)  # 192x288
+    tracker = Tracker.from_pretrained(device="cpu", options={"flow_prior": True})
+    queries = np.array([[0, 100.0, 90.0], [0, 150.0, 60.0], [0, 200.0, 120.0]])
+    result = tracker.track(frames, queries=queries, progress=False)
+    want = queries[:, None, 1:] + np.arange(16)[None, :, None] * (3 * np.array(SHIFT))
+    error = np.linalg.norm(result.tracks - want, axis=-1)
+    assert np.median(error) < 2.0
+    assert result.visible.mean() > 0.9
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_track_cli_turns_the_flow_prior_off(flag):
+    import argparse
+
+    from taptr.cli import tracking_options
+
+    parser = argparse.ArgumentParser()
+    tracking_options.add_arguments(parser)
+    args = parser.parse_args(["--no-flow-prior"] if flag else [])
+    changes = tracking_options.option_changes(args) or {}
+    assert changes.get("flow_prior", True) is (not flag)
