@@ -347,6 +347,8 @@ def from_flat(values: dict, origin: str = "config") -> TrainConfig:
     Retired settings holding what the code now does are dropped; a run that used a retired
     experiment (SGD, other loss weights, last-layer supervision, the tracked visibility
     target, another focal alpha) cannot be run again by this version: TaptrError saying so.
+    Those runs predate the flow prior (docs/flow_prior.md), now on in the small preset's
+    defaults: their model.options turn it off, so they train as they did.
     """
     values = {**FLAT_MISSING, **values}
     used = {name: values[name] for name, kept in RETIRED.items()
@@ -363,6 +365,7 @@ def from_flat(values: dict, origin: str = "config") -> TrainConfig:
         if name in FLAT_NAMES:
             section, key = FLAT_NAMES[name].split(".")
             nested.setdefault(section, {})[key] = value
+    nested.setdefault("model", {})["options"] = ["flow_prior=off"]
     return TrainConfig.from_dict(nested, origin)
 
 
