@@ -27,9 +27,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from taptr.errors import TaptrError
 from taptr.io.inputs import VideoInput, find_videos

@@ -235,8 +235,8 @@ class Tracker:
         inputs = as_inputs(videos)
         if isinstance(mask, (str, Path)):
             mask = read_mask_image(mask)
-        kwargs = dict(queries=queries, grid=grid, grid_frame=grid_frame, mask=mask,
-                      backward=backward, point_chunk=point_chunk, pad_queries=pad_queries)
+        kwargs = {"queries": queries, "grid": grid, "grid_frame": grid_frame, "mask": mask,
+                  "backward": backward, "point_chunk": point_chunk, "pad_queries": pad_queries}
         return iter_track(self, inputs, kwargs, progress=progress)
 
     # ------------------------------------------------------------------ streaming

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from taptr.errors import TaptrError
-
 DEFAULT_OUT = "taptr_out"
 
 
@@ -42,11 +40,11 @@ def run_many(args) -> int:
     check_can_create_folder(out)
     videos = find_videos(args.video, exclude=[out])
 
-    track_kwargs = dict(queries=queries, grid=args.grid, grid_frame=args.grid_frame or 0,
-                        mask=mask, backward=not args.no_backward,
-                        point_chunk=args.point_chunk or None, pad_queries=args.pad_queries)
-    overlay = None if args.no_overlay else dict(
-        trail=args.trail, occluded="hidden" if args.hide_occluded else "hollow")
+    track_kwargs = {"queries": queries, "grid": args.grid, "grid_frame": args.grid_frame or 0,
+                    "mask": mask, "backward": not args.no_backward,
+                    "point_chunk": args.point_chunk or None, "pad_queries": args.pad_queries}
+    overlay = None if args.no_overlay else {
+        "trail": args.trail, "occluded": "hidden" if args.hide_occluded else "hollow"}
     save = SaveOptions(("tracks.npz", "tracks.csv") + (("tracks.json",) if args.json else ()),
                        overlay)
     settings = {  # what a result depends on: a result made otherwise is recomputed
