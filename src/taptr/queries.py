@@ -108,7 +108,7 @@ def load_mask(mask, video_size: tuple[int, int]) -> np.ndarray:
     """
     width, height = video_size
     if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
-        mask = _read_mask_image(mask)
+        mask = read_mask_image(mask)
     if hasattr(mask, "detach"):
         mask = mask.detach().cpu().numpy()
     mask = np.asarray(mask)
@@ -129,7 +129,9 @@ def load_mask(mask, video_size: tuple[int, int]) -> np.ndarray:
     return mask[rows[:, None], columns[None, :]]
 
 
-def _read_mask_image(path) -> np.ndarray:
+def read_mask_image(path) -> np.ndarray:
+    """A mask image file -> boolean [H, W] (non-zero pixels inside). Raises `TaptrError` for a
+    missing or unreadable file."""
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -177,6 +177,31 @@ class Tracker:
             index = length - 1 - (out.start + np.arange(len(out.positions)))
             _fill(tracks, visibility, index, index[None, :] < query_frames[:, None], out, points)
 
+    def track_many(self, videos, queries=None, grid=None, grid_frame: int = 0, mask=None,
+                   backward: bool = True, point_chunk: int | None = None,
+                   pad_queries: int = 0, progress: bool = True):
+        """Track the same queries (or grid) through many videos with this one model; an
+        iterator of `taptr.track_many.VideoOutcome`, one per video in order: `.video` (path
+        and result name), `.result` (a `TrackResult`, None on failure), `.error` (the
+        one-line reason, None on success), `.seconds`.
+
+        videos: a video file, a folder (searched recursively; a folder of images is one
+            video), a glob pattern, a .txt list of paths, or a list of these
+            (`taptr.io.inputs`). Raises `TaptrError` at once for a spec that names nothing.
+        A video that fails (unreadable, empty, queries outside it, a mask of the wrong size)
+        yields its error and the iteration goes on. Other arguments: as for `track`; a mask
+        path is read once. progress: a bar over videos (and one over each video's frames).
+        """
+        from taptr.queries import read_mask_image
+        from taptr.track_many import as_inputs, iter_track
+
+        inputs = as_inputs(videos)
+        if isinstance(mask, (str, Path)):
+            mask = read_mask_image(mask)
+        kwargs = {"queries": queries, "grid": grid, "grid_frame": grid_frame, "mask": mask,
+                  "backward": backward, "point_chunk": point_chunk, "pad_queries": pad_queries}
+        return iter_track(self, inputs, kwargs, progress=progress)
+
     # ------------------------------------------------------------------ streaming
     def stream(self, queries=None, num_frames: int | None = None,
                point_chunk: int | None = None, options=None) -> OnlineTracker:

@@ -9,6 +9,18 @@ Queries are (t, x, y): frame index, then pixel x, y of the original video (centr
 top-left pixel = (0, 0)). Without --points/--queries a 10x10 grid on frame 0 is tracked.
 Writes tracks.npz, tracks.csv (point,frame,x,y,visible,visibility) and overlay.mp4 in
 --out (default ./taptr_out/<video name>); files appear only when everything succeeded.
+
+Many videos in one run (one model load; docs/tracking.md, "A whole dataset"):
+
+    taptr track clips/ --grid 10 --out results/         # a folder, searched recursively
+    taptr track a.mp4 b.mp4 "data/**/*.webm" list.txt --out results/
+    torchrun --nproc_per_node 2 -m taptr track clips/ --out results/   # split over processes
+
+Each video's result goes to --out/<its path relative to the input root> (default
+./taptr_out/...), with complete.json written last; a rerun skips complete results, so the same
+command finishes a run that was stopped. --out/summary.csv and summary.json list every input
+(status tracked, skipped or failed, with the reason); a failed input does not stop the run,
+and the exit status is 1 when any failed.
 """
 
 from __future__ import annotations
@@ -27,8 +39,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "track", help="track points through a video (writes tracks and an overlay video)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("video", metavar="VIDEO",
-                        help="video file (mp4, mov, avi, webm, mkv, gif) or folder of images")
+    parser.add_argument("video", metavar="VIDEO", nargs="+",
+                        help="video file (mp4, mov, avi, webm, mkv, gif) or folder of images; "
+                             "or many: several paths, a folder of videos (searched "
+                             "recursively), a quoted glob, a .txt file of paths")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--points", metavar='"t,x,y;..."',
                        help='query points, e.g. "0,120,80;25,300,200"')
@@ -46,7 +60,8 @@ def register(subparsers) -> None:
                         help="pytorch (default) or onnxruntime (CPU, fp32; needs the extra "
                              "taptr[onnx]; default for a folder from `taptr export`)")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default: ./taptr_out/<video name>)")
+                        help="output folder (default: ./taptr_out/<video name>; many videos: "
+                             "./taptr_out/, one folder per video and summary.csv)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N or mps (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"),
@@ -76,6 +91,29 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from taptr.io.inputs import is_single_video
+
+    apply_threads(args)
+    check_arguments(args)
+    if len(args.video) == 1 and is_single_video(args.video[0]):
+        return run_one(args, args.video[0])
+    from taptr.cli.track_many import run_many
+
+    return run_many(args)
+
+
+def check_arguments(args) -> None:
+    """Refuse option mistakes that no video is needed to see (`TaptrError`)."""
+    if args.grid is None and (args.grid_frame is not None or args.mask is not None):
+        raise TaptrError("--grid-frame and --mask go with --grid G")
+    for name in ("trail", "point_chunk", "pad_queries"):
+        value = getattr(args, name)
+        if value is not None and value < (-1 if name == "trail" else 0):
+            raise TaptrError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+
+
+def run_one(args, video_path: str) -> int:
+    """One video, written straight into --out (default ./taptr_out/<video name>)."""
     from taptr.cli.tracking_options import option_changes
     from taptr.io import open_video, parse_points, read_queries
     from taptr.io.atomic import check_can_create_folder, staged_folder
@@ -83,15 +121,8 @@ def run(args) -> int:
     from taptr.text import count
     from taptr.tracker import Tracker
 
-    apply_threads(args)
     options = option_changes(args)
-    if args.grid is None and (args.grid_frame is not None or args.mask is not None):
-        raise TaptrError("--grid-frame and --mask go with --grid G")
-    for name in ("trail", "point_chunk", "pad_queries"):
-        value = getattr(args, name)
-        if value is not None and value < (-1 if name == "trail" else 0):
-            raise TaptrError(f"--{name.replace('_', '-')} must not be negative, got {value}")
-    video = open_video(args.video)
+    video = open_video(video_path)
     queries = None
     if args.points is not None:
         queries = parse_points(args.points)
@@ -100,7 +131,7 @@ def run(args) -> int:
     grid_frame = args.grid_frame or 0
     # Validate everything cheap before loading the model.
     queries = build_queries(video, queries, args.grid, grid_frame, args.mask)
-    out_dir = Path(args.out) if args.out else Path("taptr_out") / _stem(args.video)
+    out_dir = Path(args.out) if args.out else Path("taptr_out") / _stem(video_path)
     check_can_create_folder(out_dir)
 
     tracker = Tracker.from_pretrained(args.weights, device=args.device, dtype=args.dtype,
