@@ -38,6 +38,20 @@ def _grid_init_bias(num_heads: int, num_levels: int, num_points: int) -> torch.T
     return grid.flatten()
 
 
+def _grid_init_offsets(attention: nn.Module) -> None:
+    """The offsets' bias starts on the official grid (`_grid_init_bias`)."""
+    with torch.no_grad():
+        attention.sampling_offsets.bias.copy_(_grid_init_bias(
+            attention.num_heads, attention.num_levels, attention.num_points))
+
+
+def _xavier_zero_bias(*linears: nn.Linear) -> None:
+    """Xavier-uniform weights and zero biases, in the given order (the official one)."""
+    for linear in linears:
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+
+
 class DeformableAttention(nn.Module):
     """Deformable-DETR `MSDeformAttn` (parameters `sampling_offsets`, `attention_weights`,
     `value_proj`, `output_proj`)."""
@@ -55,15 +69,10 @@ class DeformableAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.sampling_offsets.weight)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(
-                _grid_init_bias(self.num_heads, self.num_levels, self.num_points))
+        _grid_init_offsets(self)
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        _xavier_zero_bias(self.value_proj, self.output_proj)
 
     def forward(self, query: torch.Tensor, reference: torch.Tensor, source: torch.Tensor,
                 layout: LevelLayout, query_chunk: int | None = None) -> torch.Tensor:
@@ -102,12 +111,8 @@ class KeyAwareDeformableAttention(nn.Module):
         # The official model ends with xavier on the offset weight (docs/architecture.md,
         # section 9.1, item 8).
         nn.init.xavier_uniform_(self.sampling_offsets.weight)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(
-                _grid_init_bias(self.num_heads, self.num_levels, self.num_points))
-        for linear in (self.value_proj, self.key_proj, self.query_proj, self.output_proj):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        _grid_init_offsets(self)
+        _xavier_zero_bias(self.value_proj, self.key_proj, self.query_proj, self.output_proj)
 
     def forward(self, query: torch.Tensor, positions: torch.Tensor, memory: torch.Tensor,
                 layout: LevelLayout, query_chunk: int | None = None):
