@@ -108,13 +108,17 @@ def run_worker(args) -> None:
         saved = torch.load(args.model, weights_only=False)
         known = set(ModelConfig.__dataclass_fields__)
         config = ModelConfig(**{k: v for k, v in saved["config"].items() if k in known})
-        try:  # trees with tracking options: the defaults the config dict carries
+        try:  # trees with tracking options: this tree's defaults as saved, else the legacy fields
             from taptr.models.options import TrackingOptions
 
-            model = build_model(config, TrackingOptions.from_legacy_config(saved["config"]))
+            options = (TrackingOptions.from_dict(saved["tracking_options"])
+                       if "tracking_options" in saved
+                       else TrackingOptions.from_legacy_config(saved["config"]))
+            model = build_model(config, options)
         except ImportError:  # older trees read them from ModelConfig
             model = build_model(config)
-        model.load_state_dict(saved["state"])
+        upgrade = getattr(model, "upgrade_key", lambda key: key)  # older parameter names
+        model.load_state_dict({upgrade(key): value for key, value in saved["state"].items()})
     else:
         model = build_model(args.preset)
     options = {"backend": args.backend} if args.backend else {}  # older trees: no backends
@@ -260,9 +264,17 @@ def side_by_side(args) -> str:
             legacy = {"correlation_template_update": options.template_update,
                       "motion_correction_px": options.motion_correction_px,
                       "motion_correction_neighbours": options.motion_correction_neighbours}
+            # Parameter names as older trees had them (each hook's legacy prefixes; this tree
+            # reads them too).
+            state = model.state_dict()
+            for hook_name, hook in model.hooks.items():
+                for old_prefix, new_prefix in hook.legacy_prefixes.items():
+                    current = f"hooks.{hook_name}.{new_prefix}"
+                    state = {(old_prefix + key[len(current):] if key.startswith(current)
+                              else key): value for key, value in state.items()}
             with atomic_path(model_file) as temporary:
                 torch.save({"config": {**dataclasses.asdict(config), **legacy},
-                            "state": model.state_dict()}, temporary)
+                            "tracking_options": options.to_dict(), "state": state}, temporary)
             run = dict(preset=config.name, frames=frames, points=points, model=model_file)
             # Alternate the two sides `--repeats` times and keep each side's median run: on a
             # shared machine single runs vary by 10% and more.

@@ -147,16 +147,12 @@ def save_result(folder: Path, outcome: VideoOutcome, save: SaveOptions,
                 settings: dict) -> dict:
     """Write a video's files into `folder` (staged: all or nothing), then the marker; returns
     the marker's record. Raises `TaptrError` when the folder cannot be written."""
-    from taptr.io.atomic import staged_folder, write_text_atomic
+    from taptr.io.atomic import make_folder, staged_folder, write_text_atomic
 
     result = outcome.result
     # The parents first, for good: processes writing neighbouring results at the same time
     # would otherwise race in each other's probes, which create and remove missing folders.
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TaptrError(f"cannot create folder {str(folder.parent)!r}: "
-                         f"{error.strerror or error}") from None
+    make_folder(folder.parent)
     with staged_folder(folder) as staging:
         for name in save.files:
             result.save(staging / name)

@@ -115,7 +115,8 @@ def check_arguments(args) -> None:
 def run_one(args, video_path: str) -> int:
     """One video, written straight into --out (default ./taptr_out/<video name>)."""
     from taptr.cli.tracking_options import option_changes
-    from taptr.io import open_video, parse_points, read_queries
+    from taptr.cli.query_options import explicit_queries
+    from taptr.io import open_video
     from taptr.io.atomic import check_can_create_folder, staged_folder
     from taptr.queries import build_queries
     from taptr.text import count
@@ -123,11 +124,7 @@ def run_one(args, video_path: str) -> int:
 
     options = option_changes(args)
     video = open_video(video_path)
-    queries = None
-    if args.points is not None:
-        queries = parse_points(args.points)
-    elif args.queries is not None:
-        queries = read_queries(args.queries)
+    queries = explicit_queries(args)
     grid_frame = args.grid_frame or 0
     # Validate everything cheap before loading the model.
     queries = build_queries(video, queries, args.grid, grid_frame, args.mask)

@@ -21,7 +21,7 @@ DEFAULT_OUT = "taptr_out"
 def run_many(args) -> int:
     from taptr.cli.tracking_options import option_changes
     from taptr.distributed import DistributedContext
-    from taptr.io import parse_points, read_queries
+    from taptr.cli.query_options import explicit_queries
     from taptr.io.atomic import check_can_create_folder
     from taptr.io.inputs import find_videos
     from taptr.queries import read_mask_image
@@ -30,11 +30,7 @@ def run_many(args) -> int:
     from taptr.tracker import Tracker
 
     options = option_changes(args)
-    queries = None
-    if args.points is not None:
-        queries = parse_points(args.points)
-    elif args.queries is not None:
-        queries = read_queries(args.queries)
+    queries = explicit_queries(args)
     mask = read_mask_image(args.mask) if args.mask is not None else None
     out = Path(args.out or DEFAULT_OUT)
     check_can_create_folder(out)

@@ -124,15 +124,23 @@ def check_can_write_file(path: str | os.PathLike) -> None:
     _probe_folder(path.absolute().parent, repr(str(path)))
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` and its missing parents (nothing if it exists); returns it. Raises
+    `TaptrError` with the system's reason when it cannot be created."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TaptrError(f"cannot create folder {str(folder)!r}: "
+                         f"{error.strerror or error}") from None
+    return folder
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically, creating missing folders; returns the path.
     Raises `TaptrError` when the location cannot be written."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TaptrError(f"cannot create folder {str(path.parent)!r}: "
-                         f"{error.strerror or error}") from None
+    make_folder(path.parent)
     with atomic_path(path) as temp_path:
         temp_path.write_text(text, encoding="utf-8")
     return path

@@ -38,11 +38,23 @@ def _grid_init_bias(num_heads: int, num_levels: int, num_points: int) -> torch.T
     return grid.flatten()
 
 
-def _grid_init_offsets(attention: nn.Module) -> None:
-    """The offsets' bias starts on the official grid (`_grid_init_bias`)."""
-    with torch.no_grad():
-        attention.sampling_offsets.bias.copy_(_grid_init_bias(
-            attention.num_heads, attention.num_levels, attention.num_points))
+class _SampledAttention(nn.Module):
+    """What both deformable attentions share: M heads sampling P points on each of L levels
+    around a reference, at offsets from the linear layer `sampling_offsets` (created first, as
+    in the official modules, so random initialisation draws in the same order)."""
+
+    def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int,
+                 ops: PaperOps):
+        super().__init__()
+        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
+        self.ops = ops
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+
+    def _grid_init_offsets(self) -> None:
+        """The offsets' bias starts on the official grid (`_grid_init_bias`)."""
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(_grid_init_bias(
+                self.num_heads, self.num_levels, self.num_points))
 
 
 def _xavier_zero_bias(*linears: nn.Linear) -> None:
@@ -52,16 +64,13 @@ def _xavier_zero_bias(*linears: nn.Linear) -> None:
         nn.init.zeros_(linear.bias)
 
 
-class DeformableAttention(nn.Module):
+class DeformableAttention(_SampledAttention):
     """Deformable-DETR `MSDeformAttn` (parameters `sampling_offsets`, `attention_weights`,
     `value_proj`, `output_proj`)."""
 
     def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int,
                  ops: PaperOps = REFERENCE_OPS):
-        super().__init__()
-        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
-        self.ops = ops
-        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        super().__init__(dim, num_heads, num_levels, num_points, ops)
         self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
@@ -69,7 +78,7 @@ class DeformableAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.sampling_offsets.weight)
-        _grid_init_offsets(self)
+        self._grid_init_offsets()
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
         _xavier_zero_bias(self.value_proj, self.output_proj)
@@ -88,7 +97,7 @@ class DeformableAttention(nn.Module):
         return self.output_proj(out)
 
 
-class KeyAwareDeformableAttention(nn.Module):
+class KeyAwareDeformableAttention(_SampledAttention):
     """TAPTRv2's key-aware deformable cross-attention (`MSDeformAttn_KeyAware`).
 
     Keys and values are projections of the memory without positional encoding; attention
@@ -97,10 +106,7 @@ class KeyAwareDeformableAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int,
                  ops: PaperOps = REFERENCE_OPS):
-        super().__init__()
-        self.num_heads, self.num_levels, self.num_points = num_heads, num_levels, num_points
-        self.ops = ops
-        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        super().__init__(dim, num_heads, num_levels, num_points, ops)
         self.value_proj = nn.Linear(dim, dim)
         self.key_proj = nn.Linear(dim, dim)
         self.query_proj = nn.Linear(dim, dim)
@@ -111,7 +117,7 @@ class KeyAwareDeformableAttention(nn.Module):
         # The official model ends with xavier on the offset weight (docs/architecture.md,
         # section 9.1, item 8).
         nn.init.xavier_uniform_(self.sampling_offsets.weight)
-        _grid_init_offsets(self)
+        self._grid_init_offsets()
         _xavier_zero_bias(self.value_proj, self.key_proj, self.query_proj, self.output_proj)
 
     def forward(self, query: torch.Tensor, positions: torch.Tensor, memory: torch.Tensor,
