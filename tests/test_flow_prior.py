@@ -134,3 +134,27 @@ def test_track_cli_turns_the_flow_prior_off(flag):
     args = parser.parse_args(["--no-flow-prior"] if flag else [])
     changes = tracking_options.option_changes(args) or {}
     assert changes.get("flow_prior", True) is (not flag)
+
+
+def test_points_the_flow_takes_out_of_the_frame_are_occluded_there():
+    """A texture moving right by 6 input pixels a frame carries the right-most point out of
+    the frame: occluded from then on; a point that stays inside, near the border or not,
+    keeps the model's visibility."""
+    from taptr.tracker import Tracker
+
+    rng = np.random.default_rng(1)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (200, 400, 3), dtype=np.uint8), (0, 0), 2)
+    frames = np.stack([texture[40:40 + SIZE[0], 150 - 6 * t:150 - 6 * t + SIZE[1]]
+                       for t in range(12)])  # [12, 64, 96, 3]: content moves right
+    frames = np.repeat(np.repeat(frames, 3, axis=1), 3, axis=2)  # 192x288 video pixels
+    queries = np.array([[0, 240.0, 96.0], [0, 60.0, 96.0], [0, 2.0, 100.0]])
+    tracker = Tracker.from_pretrained(device="cpu", options={"flow_prior": True})
+    result = tracker.track(frames, queries=queries, progress=False)
+    # 18 video px a frame: point 0 from x = 240 is beyond 288 after frame 3; points 1 and 2
+    # (starting 2 px from the left edge) end at x = 258 and 200.
+    assert not result.visible[0, 4:].any()
+    assert (result.visibility[0, 4:] < 1e-3).all()  # the prior's occluded logit
+    # The others keep the model's own visibility (never the prior's occluded logit).
+    assert (result.visibility[1:] > 1e-2).all() and result.visible[1].all()
+    plain = Tracker.from_pretrained(device="cpu", options={"flow_prior": False})
+    assert plain.track(frames, queries=queries, progress=False).visible[0, 4:].any()

@@ -13,10 +13,16 @@ network's input resolution, computed once per frame pair. With the option `flow_
 the backward flow is computed too, and the forward-backward error |p + F(p) + B(p + F(p)) - p|
 of each step (input pixels) is kept per frame as a reliability signal (`consistency`).
 
+A point the flow takes out of the frame (more than `OUTSIDE_MARGIN_PX` beyond an edge) is
+occluded there: after each window its visibility logits are set to `OCCLUDED_LOGIT` in those
+frames (the network's positions cannot leave the frame; without this a point that left stayed
+pinned to the border, visible). The flow carries such a point on from where it has it, off the
+frame (the flow of the nearest border pixel), until it comes back in.
+
 Why: the decoder corrects a position near the truth far better than it finds one that moved
 far; classical flow is the best short-term motion estimate a CPU has (docs/flow_prior.md has
-the measurements). Turned on and off by the tracking option `flow_prior`. The hook needs no parameters and no training, and runs outside the
-network's graphs (ONNX export included): the gray frames are the hook's per-frame features,
+the measurements). Turned on and off by the tracking option `flow_prior`. The hook needs no
+parameters and no training, and runs outside the network's graphs (ONNX export included): the gray frames are the hook's per-frame features,
 the flow is computed by the stream's session in NumPy/OpenCV.
 """
 
@@ -32,6 +38,11 @@ from taptr.models.options import FLOW_PRESETS
 from taptr.models.taptrv2.windows import FrameState
 from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
+# A point the flow takes more than this many input pixels beyond the frame's edge has left the
+# frame: occluded there (a point inside, however near the border, keeps the model's visibility).
+OUTSIDE_MARGIN_PX = 1.0
+# Visibility logit of a point out of the frame (sigmoid: 4.5e-5).
+OCCLUDED_LOGIT = -10.0
 # ITU-R BT.601 luma weights (OpenCV's RGB -> gray).
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -109,7 +120,8 @@ class FlowPrior(TrackingHook):
 
 class FlowPriorSession(HookSession):
     """Moves the points of not-yet-decoded frames by the flow before each window (module
-    docstring). consistency (with `with_consistency`): frame -> [B, N] forward-backward error
+    docstring), and occludes the points it took out of the frame (after each window).
+    consistency (with `with_consistency`): frame -> [B, N] forward-backward error
     of the step into that frame, input pixels (NaN for points not moved)."""
 
     def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
@@ -120,6 +132,9 @@ class FlowPriorSession(HookSession):
         self.with_consistency = with_consistency
         self.decoded_end = 0  # frames before it were decoded by some window
         self.consistency: dict[int, torch.Tensor] = {}
+        # Points the flow took out of the frame: frame -> ([B, N] bool, [B, N, 2] unclamped
+        # input pixels where the flow has them), on the CPU.
+        self.outside: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @staticmethod
     def _gray(extras: dict, name: str, item: int) -> np.ndarray:
@@ -135,7 +150,10 @@ class FlowPriorSession(HookSession):
             before, now = states[frame - 1 - start], states[frame - start]
             tracked = window.query_frames < frame  # [B, N]
             positions = coords.model_to_input(
-                torch.sigmoid(before.position_logits[-1, ..., :2].detach().float()), size)
+                torch.sigmoid(before.position_logits[-1, ..., :2].detach().float()), size).cpu()
+            if frame - 1 in self.outside:  # carry on from where the flow has them, off the frame
+                was_out, unclamped = self.outside[frame - 1]
+                positions = torch.where(was_out[..., None], unclamped, positions)
             moved = positions.clone()
             error = torch.full(tracked.shape, float("nan"))
             for item in range(positions.shape[0]):
@@ -153,6 +171,10 @@ class FlowPriorSession(HookSession):
                     error[item] = torch.from_numpy(np.linalg.norm(back - points, axis=1))
             if self.with_consistency:
                 self.consistency[frame] = torch.where(tracked.cpu(), error, torch.nan)
+            limit = moved.new_tensor(size) - 0.5 + OUTSIDE_MARGIN_PX
+            out = tracked.cpu() & ((moved < -0.5 - OUTSIDE_MARGIN_PX) | (moved > limit)).any(-1)
+            self.outside[frame] = (out, moved)
+            moved = moved.to(now.position_logits.device)
             logits = inverse_sigmoid(coords.input_to_model(moved, size)).to(
                 now.position_logits.dtype)
             take = tracked[None, ..., None]  # [1, B, N, 1]
@@ -164,10 +186,29 @@ class FlowPriorSession(HookSession):
         window.states = states
 
     def after_window(self, window, states):
+        """Points the flow took out of the frame are occluded there (every layer's visibility
+        logits set to OCCLUDED_LOGIT; positions stay the model's, which cannot leave the
+        frame)."""
+        start = int(window.frame_ids[0])
         self.decoded_end = max(self.decoded_end, int(window.frame_ids[-1]) + 1)
-        return states
+        marked = []
+        for offset, state in enumerate(states):
+            out = self.outside.get(start + offset, (None,))[0]
+            if out is None or not bool(out.any()):
+                marked.append(state)
+                continue
+            out = out.to(state.vis_logits.device)[None, ..., None]  # [1, B, N, 1]
+            vis = state.vis_logits.clone()
+            vis[..., 1:2] = torch.where(out, torch.full_like(vis[..., 1:2], OCCLUDED_LOGIT),
+                                        vis[..., 1:2])
+            marked.append(FrameState(state.position_logits, state.apu_logits, vis,
+                                     state.content))
+        return marked
 
     def release(self, keep_from: int) -> None:
         self.flow.forget(keep_from)
         for frame in [f for f in self.consistency if f < keep_from]:
             del self.consistency[frame]
+        # The last freed frame's flags stay: the next new frame continues from them.
+        for frame in [f for f in self.outside if f < keep_from - 1]:
+            del self.outside[frame]
