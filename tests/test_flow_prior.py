@@ -158,3 +158,34 @@ def test_points_the_flow_takes_out_of_the_frame_are_occluded_there():
     assert (result.visibility[1:] > 1e-2).all() and result.visible[1].all()
     plain = Tracker.from_pretrained(device="cpu", options={"flow_prior": False})
     assert plain.track(frames, queries=queries, progress=False).visible[0, 4:].any()
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_point_called_occluded_takes_the_flows_position(follow):
+    frames = _translated_frames(4)
+    hook = FlowPrior(SIZE)
+    gray = hook.frame_features(normalize(torch.from_numpy(frames)), [])[0]
+    start = torch.tensor([[[40.0, 30.0], [50.0, 20.0]]])
+    window = WindowBatch(frame_ids=torch.arange(4), states=[_state(start) for _ in range(4)],
+                         memory=[], extras=[{"flow_prior": [g[None]]} for g in gray],
+                         layout=None, query_frames=torch.tensor([[0, 0]]),
+                         initial_content=torch.zeros(1, 2, 8))
+    session = hook.start(TrackingOptions(flow_prior=True, flow_preset="medium",
+                                         flow_follows_occluded=follow))
+    session.before_window(window)
+    flowed = [_positions(s) for s in window.states]
+    # The decoder "answers": every point back at its start, point 0 occluded, point 1 visible.
+    decoded = []
+    for _ in range(4):
+        state = _state(start)
+        state.vis_logits[..., 1] = torch.tensor([[-3.0, 3.0]])
+        decoded.append(state)
+    result = session.after_window(window, decoded)
+    for frame in range(1, 4):
+        got = _positions(result[frame])[:, 0]  # [Ld, 2, 2]
+        want0 = flowed[frame][:, 0, 0] if follow else start[0, 0].expand(2, 2)
+        assert torch.allclose(got[:, 0], want0, atol=1e-3)
+        assert torch.allclose(got[:, 1], start[0, 1].expand(2, 2), atol=1e-3)
+        assert torch.equal(result[frame].apu_logits[..., :2], result[frame].position_logits[..., :2])
+    # At the query frame nothing moves.
+    assert torch.allclose(_positions(result[0])[:, 0, 0], start[0, 0].expand(2, 2), atol=1e-3)

@@ -17,7 +17,10 @@ A point the flow takes out of the frame (more than `OUTSIDE_MARGIN_PX` beyond an
 occluded there: after each window its visibility logits are set to `OCCLUDED_LOGIT` in those
 frames (the network's positions cannot leave the frame; without this a point that left stayed
 pinned to the border, visible). The flow carries such a point on from where it has it, off the
-frame (the flow of the nearest border pixel), until it comes back in.
+frame (the flow of the nearest border pixel), until it comes back in. And a point the model
+calls occluded in a frame follows the flow there (option `flow_follows_occluded`, on by
+default): its position becomes the one the flow gave it before the window, not the decoder's
+guess, which wanders once the point is hidden.
 
 Why: the decoder corrects a position near the truth far better than it finds one that moved
 far; classical flow is the best short-term motion estimate a CPU has (docs/flow_prior.md has
@@ -115,7 +118,7 @@ class FlowPrior(TrackingHook):
         if options is None or not options.flow_prior:
             return None
         return FlowPriorSession(self.name, self.input_size, options.flow_preset,
-                                options.flow_consistency)
+                                options.flow_consistency, options.flow_follows_occluded)
 
 
 class FlowPriorSession(HookSession):
@@ -125,11 +128,12 @@ class FlowPriorSession(HookSession):
     of the step into that frame, input pixels (NaN for points not moved)."""
 
     def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
-                 with_consistency: bool = False):
+                 with_consistency: bool = False, follow_occluded: bool = True):
         super().__init__(name)
         self.input_size = input_size
         self.flow = DenseFlow(preset)
         self.with_consistency = with_consistency
+        self.follow_occluded = follow_occluded
         self.decoded_end = 0  # frames before it were decoded by some window
         self.consistency: dict[int, torch.Tensor] = {}
         # Points the flow took out of the frame: frame -> ([B, N] bool, [B, N, 2] unclamped
@@ -188,21 +192,35 @@ class FlowPriorSession(HookSession):
     def after_window(self, window, states):
         """Points the flow took out of the frame are occluded there (every layer's visibility
         logits set to OCCLUDED_LOGIT; positions stay the model's, which cannot leave the
-        frame)."""
+        frame). With `follow_occluded`, a point the model calls occluded in a frame (visible
+        probability at most 0.5, after its query frame) takes the position the flow gave it
+        before the window (every layer's position and APU position)."""
         start = int(window.frame_ids[0])
         self.decoded_end = max(self.decoded_end, int(window.frame_ids[-1]) + 1)
+        height, width = self.input_size
         marked = []
         for offset, state in enumerate(states):
-            out = self.outside.get(start + offset, (None,))[0]
-            if out is None or not bool(out.any()):
+            out, moved = self.outside.get(start + offset, (None, None))
+            if out is None:
                 marked.append(state)
                 continue
-            out = out.to(state.vis_logits.device)[None, ..., None]  # [1, B, N, 1]
             vis = state.vis_logits.clone()
+            position, apu = state.position_logits, state.apu_logits
+            if self.follow_occluded:
+                hidden = (torch.sigmoid(vis[-1, ..., 1]) <= 0.5).cpu() & (
+                    window.query_frames.cpu() < start + offset)
+                if bool(hidden.any()):
+                    take = hidden.to(position.device)[None, ..., None]
+                    logits = inverse_sigmoid(coords.input_to_model(
+                        moved.to(position.device), (width, height))).to(position.dtype)
+                    position = position.clone()
+                    apu = apu.clone()
+                    position[..., :2] = torch.where(take, logits[None], position[..., :2])
+                    apu[..., :2] = torch.where(take, logits[None], apu[..., :2])
+            out = out.to(vis.device)[None, ..., None]  # [1, B, N, 1]
             vis[..., 1:2] = torch.where(out, torch.full_like(vis[..., 1:2], OCCLUDED_LOGIT),
                                         vis[..., 1:2])
-            marked.append(FrameState(state.position_logits, state.apu_logits, vis,
-                                     state.content))
+            marked.append(FrameState(position, apu, vis, state.content))
         return marked
 
     def release(self, keep_from: int) -> None:
