@@ -161,7 +161,7 @@ def test_points_the_flow_takes_out_of_the_frame_are_occluded_there():
 
 
 @pytest.mark.parametrize("follow", [True, False])
-def test_a_point_called_occluded_takes_the_flows_position(follow):
+def test_a_point_called_occluded_takes_the_flows_position_when_asked(follow):
     frames = _translated_frames(4)
     hook = FlowPrior(SIZE)
     gray = hook.frame_features(normalize(torch.from_numpy(frames)), [])[0]
@@ -181,6 +181,7 @@ def test_a_point_called_occluded_takes_the_flows_position(follow):
         state.vis_logits[..., 1] = torch.tensor([[-3.0, 3.0]])
         decoded.append(state)
     result = session.after_window(window, decoded)
+    assert TrackingOptions().flow_follows_occluded is False  # the default: off
     for frame in range(1, 4):
         got = _positions(result[frame])[:, 0]  # [Ld, 2, 2]
         want0 = flowed[frame][:, 0, 0] if follow else start[0, 0].expand(2, 2)

@@ -31,7 +31,9 @@ class TrackingOptions:
     flow_consistency: also compute the backward flow and keep each step's forward-backward
         error (input pixels) in the prior's session, a reliability signal (twice the flow).
     flow_follows_occluded: with the flow prior, a point the model calls occluded in a frame
-        takes the position the flow gave it there (not the decoder's guess).
+        takes the position the flow gave it there (not the decoder's guess). Off by default:
+        the flow there is often the occluder's, which drags the point away
+        (docs/flow_prior.md).
     correlation: our local correlation update (docs/correlation.md), where the network has
         one; off gives the paper's decoder.
     template_update: weight w of a point's recent appearance in its correlation templates,
@@ -50,7 +52,7 @@ class TrackingOptions:
     flow_prior: bool = False
     flow_preset: str = "fast"
     flow_consistency: bool = False
-    flow_follows_occluded: bool = True
+    flow_follows_occluded: bool = False
     correlation: bool = True
     template_update: float = 0.0
     motion_correction_px: float = 0.0

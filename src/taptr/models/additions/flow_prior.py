@@ -18,9 +18,10 @@ occluded there: after each window its visibility logits are set to `OCCLUDED_LOG
 frames (the network's positions cannot leave the frame; without this a point that left stayed
 pinned to the border, visible). The flow carries such a point on from where it has it, off the
 frame (the flow of the nearest border pixel), until it comes back in. And a point the model
-calls occluded in a frame follows the flow there (option `flow_follows_occluded`, on by
+calls occluded in a frame can follow the flow there (option `flow_follows_occluded`, off by
 default): its position becomes the one the flow gave it before the window, not the decoder's
-guess, which wanders once the point is hidden.
+guess. It helps where points hide behind themselves or leave with the camera, and hurts where
+an occluder passes over them: the flow there is the occluder's (docs/flow_prior.md).
 
 Why: the decoder corrects a position near the truth far better than it finds one that moved
 far; classical flow is the best short-term motion estimate a CPU has (docs/flow_prior.md has
@@ -128,7 +129,7 @@ class FlowPriorSession(HookSession):
     of the step into that frame, input pixels (NaN for points not moved)."""
 
     def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
-                 with_consistency: bool = False, follow_occluded: bool = True):
+                 with_consistency: bool = False, follow_occluded: bool = False):
         super().__init__(name)
         self.input_size = input_size
         self.flow = DenseFlow(preset)
