@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from taptr import coords
+from taptr.flow import DIS_PRESETS, create_dis, sample_flow
 from taptr.errors import TaptrError
 
 # One chaining step: (from_frame, to_frame, points float32 [M, 2]) -> (points [M, 2], reliable [M]).
@@ -182,19 +183,6 @@ class LucasKanadeTracker:
         return chain_tracks(queries, video.shape[0], frame_size, step)
 
 
-def sample_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Bilinear sample of a dense flow [H, W, 2] at points [M, 2] (x, y) -> [M, 2].
-
-    Points off the image take the flow of the nearest border pixel.
-    """
-    import cv2
-
-    map_x = np.ascontiguousarray(points[:, 0:1], dtype=np.float32)
-    map_y = np.ascontiguousarray(points[:, 1:2], dtype=np.float32)
-    sampled = cv2.remap(flow, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return sampled.reshape(-1, 2)
-
-
 class _FlowCache:
     """Dense flows of frame pairs, kept while they fit in `budget_bytes` (one `track` call)."""
 
@@ -223,7 +211,7 @@ class DISFlowTracker:
     """
 
     name = "dis"
-    PRESETS = ("ultrafast", "fast", "medium")
+    PRESETS = DIS_PRESETS
 
     def __init__(
         self, preset: str = "medium", fb_threshold: float = 1.5, cache_megabytes: int = 512
@@ -235,14 +223,7 @@ class DISFlowTracker:
         self.cache_megabytes = cache_megabytes
 
     def _make_dis(self):
-        import cv2
-
-        preset = {
-            "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-            "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-        }[self.preset]
-        return cv2.DISOpticalFlow_create(preset)
+        return create_dis(self.preset)
 
     supports_query_padding = False
 

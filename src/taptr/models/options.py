@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass
 
 from taptr.errors import TaptrError
+from taptr.flow import DIS_PRESETS
 
 # OpenCV's DIS optical flow presets (the flow prior's `flow_preset`).
-FLOW_PRESETS = ("ultrafast", "fast", "medium")
+FLOW_PRESETS = DIS_PRESETS
 # ModelConfig fields of files written before the options existed -> option names.
 LEGACY_CONFIG_FIELDS = {"correlation_template_update": "template_update",
                         "motion_correction_px": "motion_correction_px",

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from taptr import coords
+from taptr.flow import create_dis, sample_flow
 from taptr.models.taptrv2.common import inverse_sigmoid
 from taptr.models.taptrv2.hooks import HookSession, TrackingHook
-from taptr.models.options import FLOW_PRESETS
 from taptr.models.taptrv2.windows import FrameState
 from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -61,15 +61,15 @@ def gray_from_normalised(frames: torch.Tensor) -> torch.Tensor:
     return (rgb * luma).sum(1, keepdim=True).round()
 
 
-def sample_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Bilinear sample of a dense flow [H, W, 2] at points [M, 2] (x, y pixels) -> [M, 2];
-    points off the image take the flow of the nearest border pixel."""
-    import cv2
-
-    map_x = np.ascontiguousarray(points[:, 0:1], dtype=np.float32)
-    map_y = np.ascontiguousarray(points[:, 1:2], dtype=np.float32)
-    sampled = cv2.remap(flow, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return sampled.reshape(-1, 2)
+def _placed(position: torch.Tensor, apu: torch.Tensor, where: torch.Tensor,
+            logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of every layer's position and APU logits [Ld, B, N, 4] with (u, v) set to
+    `logits` [B, N, 2] where `where` [B, N] is True."""
+    take = where[None, ..., None]
+    position, apu = position.clone(), apu.clone()
+    position[..., :2] = torch.where(take, logits[None], position[..., :2])
+    apu[..., :2] = torch.where(take, logits[None], apu[..., :2])
+    return position, apu
 
 
 class DenseFlow:
@@ -77,15 +77,8 @@ class DenseFlow:
     `forget` (one stream's frames)."""
 
     def __init__(self, preset: str = "fast"):
-        import cv2
-
-        if preset not in FLOW_PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {FLOW_PRESETS}")
-        codes = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-                 "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
         self.preset = preset
-        self._dis = cv2.DISOpticalFlow_create(codes[preset])
+        self._dis = create_dis(preset)
         self._flows: dict[tuple[int, int, int], np.ndarray] = {}
 
     def flow(self, key: tuple[int, int, int], source: np.ndarray,
@@ -166,7 +159,7 @@ class FlowPriorSession(HookSession):
                     continue
                 source = self._gray(window.extras[frame - 1 - start], self.name, item)
                 target = self._gray(window.extras[frame - start], self.name, item)
-                points = positions[item].cpu().numpy()
+                points = positions[item].numpy()
                 forward = points + sample_flow(
                     self.flow.flow((item, frame - 1, frame), source, target), points)
                 moved[item] = torch.from_numpy(forward).to(moved)
@@ -182,11 +175,7 @@ class FlowPriorSession(HookSession):
             moved = moved.to(now.position_logits.device)
             logits = inverse_sigmoid(coords.input_to_model(moved, size)).to(
                 now.position_logits.dtype)
-            take = tracked[None, ..., None]  # [1, B, N, 1]
-            position = now.position_logits.clone()
-            apu = now.apu_logits.clone()
-            position[..., :2] = torch.where(take, logits[None], position[..., :2])
-            apu[..., :2] = torch.where(take, logits[None], apu[..., :2])
+            position, apu = _placed(now.position_logits, now.apu_logits, tracked, logits)
             states[frame - start] = FrameState(position, apu, now.vis_logits, now.content)
         window.states = states
 
@@ -211,13 +200,9 @@ class FlowPriorSession(HookSession):
                 hidden = (torch.sigmoid(vis[-1, ..., 1]) <= 0.5).cpu() & (
                     window.query_frames.cpu() < start + offset)
                 if bool(hidden.any()):
-                    take = hidden.to(position.device)[None, ..., None]
                     logits = inverse_sigmoid(coords.input_to_model(
                         moved.to(position.device), (width, height))).to(position.dtype)
-                    position = position.clone()
-                    apu = apu.clone()
-                    position[..., :2] = torch.where(take, logits[None], position[..., :2])
-                    apu[..., :2] = torch.where(take, logits[None], apu[..., :2])
+                    position, apu = _placed(position, apu, hidden.to(position.device), logits)
             out = out.to(vis.device)[None, ..., None]  # [1, B, N, 1]
             vis[..., 1:2] = torch.where(out, torch.full_like(vis[..., 1:2], OCCLUDED_LOGIT),
                                         vis[..., 1:2])
