@@ -190,3 +190,88 @@ def test_a_point_called_occluded_takes_the_flows_position_when_asked(follow):
         assert torch.equal(result[frame].apu_logits[..., :2], result[frame].position_logits[..., :2])
     # At the query frame nothing moves.
     assert torch.allclose(_positions(result[0])[:, 0, 0], start[0, 0].expand(2, 2), atol=1e-3)
+
+
+def test_prepared_frames_carry_a_gray_source_only_when_the_options_ask():
+    from taptr.model_io import ModelIO
+    from taptr.loading import create_model
+
+    frame = np.repeat(np.repeat(_translated_frames(1)[0], 3, axis=0), 3, axis=1)  # 192x288
+    model = create_model("small", pretrained=False)
+    cases = [({}, None), ({"flow_prior": True}, None),
+             ({"flow_prior": True, "flow_resolution": 144}, (96, 144)),
+             ({"flow_prior": True, "flow_resolution": 4096}, (192, 288))]  # never scaled up
+    for changes, shape in cases:
+        io = ModelIO(model, device="cpu", options=TrackingOptions(**changes))
+        prepared = io.prepare_frame(frame)
+        assert prepared.image.shape == (3, *io.input_size)
+        if shape is None:
+            assert prepared.source is None and io.source_input([prepared]) is None
+        else:
+            assert prepared.source.shape == shape and prepared.source.dtype == np.uint8
+            assert io.source_input([prepared, prepared]).shape == (1, 2, *shape)
+    want = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    io = ModelIO(model, device="cpu", options=TrackingOptions(flow_prior=True,
+                                                              flow_resolution=288))
+    assert np.array_equal(io.prepare_frame(frame).source, want)
+    with pytest.raises(TaptrError, match="flow_resolution"):
+        TrackingOptions(flow_resolution=-1)
+
+
+def test_the_flow_runs_on_the_video_frames_offline_and_streaming_alike():
+    """With `flow_resolution` the prior's flow runs on the video's own frames (here 192x288,
+    not the network's 256x256 input): the tracker follows a translation closely, and a stream
+    fed frame by frame (which hands the same source frames to the model) gives the same
+    tracks as offline."""
+    from taptr.tracker import Tracker
+
+    frames = np.repeat(np.repeat(_translated_frames(16), 3, axis=1), 3, axis=2)  # 192x288
+    options = {"flow_prior": True, "flow_resolution": 4096, "flow_anchor": True}
+    tracker = Tracker.from_pretrained(device="cpu", options=options)
+    queries = np.array([[0, 100.0, 90.0], [0, 150.0, 60.0], [0, 200.0, 120.0]])
+    result = tracker.track(frames, queries=queries, backward=False, progress=False)
+    want = queries[:, None, 1:] + np.arange(16)[None, :, None] * (3 * np.array(SHIFT))
+    assert np.median(np.linalg.norm(result.tracks - want, axis=-1)) < 1.0
+    online = tracker.stream(queries=queries, num_frames=len(frames))
+    updates = [online.push(frame) for frame in frames] + [online.finish()]
+    streamed = np.concatenate([u.tracks for u in updates if u is not None], 1)
+    assert np.allclose(streamed, result.tracks, atol=1e-4)
+
+
+def test_the_anchor_keeps_the_flows_position_where_it_is_reliable():
+    """flow_anchor: a decoder position far from the reliable flow's is replaced by the flow's;
+    near it, the position whose patch matches the query frame's better stands."""
+    frames = _translated_frames(4)
+    hook = FlowPrior(SIZE)
+    gray = hook.frame_features(normalize(torch.from_numpy(frames)), [])[0]
+    start = torch.tensor([[[40.0, 30.0], [50.0, 25.0], [30.0, 35.0]]])
+    window = WindowBatch(frame_ids=torch.arange(4), states=[_state(start) for _ in range(4)],
+                         memory=[], extras=[{"flow_prior": [g[None]]} for g in gray],
+                         layout=None, query_frames=torch.tensor([[0, 0, 0]]),
+                         initial_content=torch.zeros(1, 3, 8))
+    session = hook.start(TrackingOptions(flow_prior=True, flow_preset="medium",
+                                         flow_anchor=True))
+    session.add_points(3)
+    session.before_window(window)
+    truth = [start + torch.tensor(SHIFT) * t for t in range(4)]
+    for frame in range(1, 4):  # the flow follows the translation and passes the check
+        out, moved = session.outside[frame]
+        assert session.reliable[frame].all()
+        assert torch.allclose(moved, truth[frame], atol=0.3)
+        # Point 2's flow position, moved off the truth by 1 px (within the radius).
+        moved[0, 2] = truth[frame][0, 2] + torch.tensor([1.0, 0.0])
+    # The decoder "answers": point 0 left at its start (lost: far from the flow), point 1
+    # 0.7 px off the truth, point 2 exactly on it.
+    decoded = [_state(torch.stack([start[0, 0], truth[t][0, 1] + torch.tensor([0.7, 0.0]),
+                                   truth[t][0, 2]])[None]) for t in range(4)]
+    for state in decoded:
+        state.vis_logits[..., 1] = 3.0
+    result = session.after_window(window, decoded)
+    for frame in range(1, 4):
+        got = _positions(result[frame])[-1, 0]  # [3, 2]
+        moved = session.outside[frame][1][0]
+        assert torch.allclose(got[0], moved[0], atol=1e-3)  # lost: the flow's
+        assert torch.allclose(got[1], moved[1], atol=1e-3)  # the flow's matches better
+        assert torch.allclose(got[2], truth[frame][0, 2], atol=1e-3)  # the decoder's does
+    off = hook.start(TrackingOptions(flow_prior=True))
+    assert off.anchor is False and off.with_consistency is False

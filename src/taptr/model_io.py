@@ -2,9 +2,11 @@
 and `OnlineTracker` (live): device and precision, frame preparation, point conversion both ways,
 the visibility threshold, and the one loop that feeds a model stream.
 
-Frames: RGB uint8 [H, W, 3] of the video -> resized uint8 [3, H_in, W_in] (`prepare_frame`,
-kept small for buffering) -> normalised float [1, t, 3, H_in, W_in] on the device
-(`model_input`). Points: video pixels <-> model coordinates through `taptr.coords` (exact for
+Frames: RGB uint8 [H, W, 3] of the video -> a `PreparedFrame`: resized uint8 [3, H_in, W_in]
+(`prepare_frame`, kept small for buffering), with the frame in gray at the resolution the
+tracking options ask for hooks that read the video itself (the flow prior's `flow_resolution`)
+-> normalised float [1, t, 3, H_in, W_in] on the device (`model_input`) and the gray source
+frames [1, t, H_s, W_s] (`source_input`), pushed together into the model stream. Points: video pixels <-> model coordinates through `taptr.coords` (exact for
 any resolution and aspect ratio; docs/conventions.md).
 """
 
@@ -31,11 +33,12 @@ from taptr.preprocess import normalize, resize_frames
 class ModelStream(Protocol):
     """One model pass over a growing video (`taptr.models.taptrv2.windows.TrackStream`).
 
-    frames: normalised [B, t, 3, H_in, W_in]; query points [B, n, 2] model coordinates, query
-    frames [B, n]; each call returns a `TrackChunk` of the frames that became final (or None).
+    frames: normalised [B, t, 3, H_in, W_in]; sources: optional gray frames [B, t, H_s, W_s]
+    uint8 for the hooks; query points [B, n, 2] model coordinates, query frames [B, n]; each
+    call returns a `TrackChunk` of the frames that became final (or None).
     """
 
-    def push(self, frames: torch.Tensor): ...
+    def push(self, frames: torch.Tensor, sources: torch.Tensor | None = None): ...
 
     def finish(self): ...
 
@@ -61,6 +64,47 @@ class StreamModel(Protocol):
     def stream(self, query_points: torch.Tensor, query_frames: torch.Tensor,
                num_frames: int | None = None, point_chunk: int | None = None,
                options=None) -> ModelStream: ...
+
+
+def source_side(options) -> int | None:
+    """The longest side (pixels) of the gray source frames `options` ask for (the flow
+    prior's `flow_resolution`), or None when nothing reads them."""
+    if options is None or not getattr(options, "flow_prior", False):
+        return None
+    return getattr(options, "flow_resolution", 0) or None
+
+
+def gray_source(frame: np.ndarray, side: int) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> gray uint8 [H_s, W_s], scaled down (area) so that the longer
+    side is at most `side` pixels (never up); OpenCV's RGB2GRAY."""
+    import cv2
+
+    gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    height, width = gray.shape
+    scale = side / max(height, width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return gray
+
+
+@dataclass
+class PreparedFrame:
+    """A video frame ready for the model (`ModelIO.prepare_frame`).
+
+    image: the network input, resized, uint8 [3, H_in, W_in] (kept small for buffering).
+    source: the frame in gray at the resolution the tracking options ask of hooks that read
+    the video itself (the flow prior's `flow_resolution`), uint8 [H_s, W_s]; None when no
+    hook does.
+    """
+
+    image: torch.Tensor
+    source: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.source is None else self.source.nbytes
+        return self.image.element_size() * self.image.numel() + extra
 
 
 @dataclass
@@ -130,14 +174,25 @@ class ModelIO:
         return autocast(self.device, self.autocast_dtype)
 
     # ------------------------------------------------------------------ frames and points
-    def prepare_frame(self, frame: np.ndarray) -> torch.Tensor:
-        """RGB uint8 [H, W, 3] -> resized uint8 [3, H_in, W_in] (small, for buffering)."""
+    def prepare_frame(self, frame: np.ndarray, options=None) -> PreparedFrame:
+        """RGB uint8 [H, W, 3] -> a `PreparedFrame`: resized uint8 [3, H_in, W_in] (small, for
+        buffering), and the gray source frame when `options` (None: this io's) ask for one."""
         tensor = torch.from_numpy(np.require(frame, requirements=("C", "W"))).permute(2, 0, 1)
-        return resize_frames(tensor[None], self.input_size)[0]
+        image = resize_frames(tensor[None], self.input_size)[0]
+        options = self.options if options is None else options
+        side = source_side(options)
+        return PreparedFrame(image, None if side is None else gray_source(frame, side))
 
-    def model_input(self, frames: list[torch.Tensor]) -> torch.Tensor:
+    def model_input(self, frames: list[PreparedFrame]) -> torch.Tensor:
         """Prepared frames -> normalised [1, t, 3, H_in, W_in] on the device."""
-        return normalize(torch.stack(frames).to(self.device))[None]
+        return normalize(torch.stack([f.image for f in frames]).to(self.device))[None]
+
+    @staticmethod
+    def source_input(frames: list[PreparedFrame]) -> torch.Tensor | None:
+        """Prepared frames -> their gray source frames [1, t, H_s, W_s] uint8 (CPU), or None."""
+        if frames[0].source is None:
+            return None
+        return torch.from_numpy(np.stack([f.source for f in frames]))[None]
 
     def model_points(self, points_px: np.ndarray, video_size: tuple[int, int]) -> torch.Tensor:
         """[n, 2] (x, y) video pixels -> [1, n, 2] model coordinates (float32, on the device).
@@ -181,6 +236,6 @@ class ModelIO:
         """Model inputs of `window_stride` consecutive frames (the last batch may be shorter)."""
         frames = iter(frames)
         while batch := list(itertools.islice(frames, self.config.window_stride)):
-            yield self.model_input(batch)
+            yield self.model_input(batch), self.source_input(batch)
             if on_frames is not None:
                 on_frames(len(batch))

@@ -168,9 +168,10 @@ class OnlineTracker:
         if queries is not None:
             self.add_queries(queries, frame=self.frame_index)
         self.frame_index += 1
-        prepared = self.io.model_input([self.io.prepare_frame(frame)])
+        prepared = [self.io.prepare_frame(frame, self.options)]
         with torch.inference_mode(), self.io.autocast():
-            return self._update(self._model_stream.push(prepared))
+            return self._update(self._model_stream.push(self.io.model_input(prepared),
+                                                        self.io.source_input(prepared)))
 
     def finish(self) -> StreamUpdate | None:
         """End of the video: returns every frame not returned yet."""

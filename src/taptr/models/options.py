@@ -35,6 +35,13 @@ class TrackingOptions:
         takes the position the flow gave it there (not the decoder's guess). Off by default:
         the flow there is often the occluder's, which drags the point away
         (docs/flow_prior.md).
+    flow_anchor: with the flow prior, the flow is the position authority where it is
+        reliable: a point the model calls visible whose flow step passes the forward-backward
+        check keeps the flow's position, not the decoder's; elsewhere the decoder's position
+        stands and the flow continues from it (docs/flow_prior.md).
+    flow_resolution: the longest side (pixels) of the frames the flow prior runs on: 0 for
+        the network's input frames (256x256 for `small`), N for the video's own frames in gray,
+        scaled down to at most N pixels (never up; the video's aspect ratio kept).
     correlation: our local correlation update (docs/correlation.md), where the network has
         one; off gives the paper's decoder.
     template_update: weight w of a point's recent appearance in its correlation templates,
@@ -54,6 +61,8 @@ class TrackingOptions:
     flow_preset: str = "fast"
     flow_consistency: bool = False
     flow_follows_occluded: bool = False
+    flow_anchor: bool = False
+    flow_resolution: int = 0
     correlation: bool = True
     template_update: float = 0.0
     motion_correction_px: float = 0.0
@@ -74,6 +83,8 @@ class TrackingOptions:
         if self.motion_correction_neighbours < 1:
             raise TaptrError("motion_correction_neighbours must be at least 1, got "
                              f"{self.motion_correction_neighbours}")
+        if self.flow_resolution < 0:
+            raise TaptrError(f"flow_resolution must not be negative, got {self.flow_resolution}")
         if self.point_chunk is not None and self.point_chunk < 1:
             raise TaptrError(f"point_chunk must be positive, got {self.point_chunk}")
         if self.kernels is not None:

@@ -9,7 +9,10 @@ layer's position and APU position are set, so the decoder refines from there.
 
 The flow is OpenCV's DIS (Kroeger et al., ECCV 2016; `cv2.DISOpticalFlow`, the preset of the
 option `flow_preset`, "fast" by default) on the network's input frames turned gray, at the
-network's input resolution, computed once per frame pair. With the option `flow_consistency`
+network's input resolution, computed once per frame pair; with the option `flow_resolution`
+N > 0, on the video's own frames in gray scaled to at most N pixels on the longer side (the
+stream's source frames, `TrackStream.push(frames, sources)`), which the flow needs for
+sub-pixel precision on real video (docs/flow_prior.md). With the option `flow_consistency`
 the backward flow is computed too, and the forward-backward error |p + F(p) + B(p + F(p)) - p|
 of each step (input pixels) is kept per frame as a reliability signal (`consistency`).
 
@@ -22,6 +25,14 @@ calls occluded in a frame can follow the flow there (option `flow_follows_occlud
 default): its position becomes the one the flow gave it before the window, not the decoder's
 guess. It helps where points hide behind themselves or leave with the camera, and hurts where
 an occluder passes over them: the flow there is the occluder's (docs/flow_prior.md).
+
+With the option `flow_anchor` the flow is the position authority where it is reliable: after
+each window, a point whose flow step into a frame passed the forward-backward check
+(`ANCHOR_FB_PX`) takes the flow's position there when the decoder's is far from it (the
+decoder lost the point) or, near it, when the flow's patch matches the point's query-frame
+patch at least as well (normalised cross-correlation of gray patches); a point the model calls
+occluded takes it when the flow's patch still matches (`ANCHOR_HIDDEN_NCC`). Elsewhere the
+decoder's position stands, and the flow continues from it.
 
 Why: the decoder corrects a position near the truth far better than it finds one that moved
 far; classical flow is the best short-term motion estimate a CPU has (docs/flow_prior.md has
@@ -39,7 +50,7 @@ from taptr import coords
 from taptr.flow import create_dis, sample_flow
 from taptr.models.taptrv2.common import inverse_sigmoid
 from taptr.models.taptrv2.hooks import HookSession, TrackingHook
-from taptr.models.taptrv2.windows import FrameState
+from taptr.models.taptrv2.windows import SOURCE, FrameState
 from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # A point the flow takes more than this many input pixels beyond the frame's edge has left the
@@ -47,6 +58,17 @@ from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 OUTSIDE_MARGIN_PX = 1.0
 # Visibility logit of a point out of the frame (sigmoid: 4.5e-5).
 OCCLUDED_LOGIT = -10.0
+# Forward-backward error (pixels of a 256-pixel frame) under which a flow step is reliable
+# (the `dis` baseline's check) for `flow_anchor`.
+ANCHOR_FB_PX = 1.5
+# `flow_anchor`, where the flow step is reliable: a decoder position more than this far from the
+# flow's (pixels of a 256-pixel frame) has lost the point, the flow's stands; nearer, the
+# position whose patch correlates better with the point's query-frame patch stands (the
+# decoder's only when better by more than ANCHOR_MARGIN). A point the model calls occluded
+# takes the flow's position when the flow's patch still correlates above ANCHOR_HIDDEN_NCC.
+ANCHOR_RADIUS_PX = 4.0
+ANCHOR_MARGIN = 0.0
+ANCHOR_HIDDEN_NCC = 0.5
 # ITU-R BT.601 luma weights (OpenCV's RGB -> gray).
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -59,6 +81,26 @@ def gray_from_normalised(frames: torch.Tensor) -> torch.Tensor:
     rgb = ((frames * std + mean).clamp(0, 1) * 255).round()
     luma = frames.new_tensor(_LUMA).view(1, 3, 1, 1)
     return (rgb * luma).sum(1, keepdim=True).round()
+
+
+def sample_patches(gray: np.ndarray, points: np.ndarray, radius: int) -> np.ndarray:
+    """Bilinear patches [M, (2r+1)^2] (float32) of a gray frame [H, W] around points [M, 2]
+    (x, y pixels); outside the frame the nearest border pixel."""
+    import cv2
+
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    ox, oy = np.meshgrid(offsets, offsets)
+    map_x = np.ascontiguousarray(points[:, :1] + ox.reshape(1, -1), dtype=np.float32)
+    map_y = np.ascontiguousarray(points[:, 1:2] + oy.reshape(1, -1), dtype=np.float32)
+    return cv2.remap(gray.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def normalised_patches(patches: np.ndarray) -> np.ndarray:
+    """Patches [M, P] with zero mean and unit norm per row (a flat patch stays zero)."""
+    centred = patches - patches.mean(1, keepdims=True)
+    norm = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred / np.maximum(norm, 1e-6)
 
 
 def _placed(position: torch.Tensor, apu: torch.Tensor, where: torch.Tensor,
@@ -112,7 +154,8 @@ class FlowPrior(TrackingHook):
         if options is None or not options.flow_prior:
             return None
         return FlowPriorSession(self.name, self.input_size, options.flow_preset,
-                                options.flow_consistency, options.flow_follows_occluded)
+                                options.flow_consistency, options.flow_follows_occluded,
+                                options.flow_anchor)
 
 
 class FlowPriorSession(HookSession):
@@ -122,27 +165,77 @@ class FlowPriorSession(HookSession):
     of the step into that frame, input pixels (NaN for points not moved)."""
 
     def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
-                 with_consistency: bool = False, follow_occluded: bool = False):
+                 with_consistency: bool = False, follow_occluded: bool = False,
+                 anchor: bool = False):
         super().__init__(name)
         self.input_size = input_size
         self.flow = DenseFlow(preset)
-        self.with_consistency = with_consistency
+        self.anchor = anchor
+        self.with_consistency = with_consistency or anchor
         self.follow_occluded = follow_occluded
         self.decoded_end = 0  # frames before it were decoded by some window
+        self.flow_size: tuple[int, int] | None = None
         self.consistency: dict[int, torch.Tensor] = {}
+        self.reliable: dict[int, torch.Tensor] = {}  # frame -> [B, N] flow step passed the check
+        # Anchor: each point's query-frame patch (normalised, [B, N, P]) and whether it is set.
+        self.templates: np.ndarray | None = None
+        self.num_points = 0
         # Points the flow took out of the frame: frame -> ([B, N] bool, [B, N, 2] unclamped
         # input pixels where the flow has them), on the CPU.
         self.outside: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    @staticmethod
-    def _gray(extras: dict, name: str, item: int) -> np.ndarray:
-        return extras[name][0][item, 0].to("cpu", torch.float32).numpy().astype(np.uint8)
+    def _gray(self, extras: dict, item: int) -> np.ndarray:
+        """The frame the flow runs on: the caller's gray source frame when the stream has one
+        (`flow_resolution`), else the network input's gray frame."""
+        if SOURCE in extras:
+            return np.ascontiguousarray(extras[SOURCE][0][item].numpy())
+        return extras[self.name][0][item, 0].to("cpu", torch.float32).numpy().astype(np.uint8)
+
+    def add_points(self, count: int) -> None:
+        self.num_points += count
+
+    def _patch_radius(self) -> int:
+        return max(3, round(max(self.flow_size) / 64))
+
+    def _positions(self, state, size) -> torch.Tensor:
+        """Last layer's positions [B, N, 2] of a state in flow-frame pixels (CPU, float32)."""
+        return coords.model_to_input(
+            torch.sigmoid(state.position_logits[-1, ..., :2].detach().float()), size).cpu()
+
+    def _take_templates(self, window) -> None:
+        """Query-frame patches of points whose query frame is in this window (the state at a
+        query frame holds the query position)."""
+        batch = window.query_frames.shape[0]
+        radius = self._patch_radius()
+        size = (2 * radius + 1) ** 2
+        if self.templates is None:
+            self.templates = np.full((batch, 0, size), np.nan, np.float32)
+        if self.templates.shape[1] < self.num_points:
+            grow = np.full((batch, self.num_points - self.templates.shape[1], size), np.nan,
+                           np.float32)
+            self.templates = np.concatenate([self.templates, grow], 1)
+        start = int(window.frame_ids[0])
+        query_frames = window.query_frames.cpu().numpy()
+        missing = np.isnan(self.templates[..., 0])
+        for offset in range(len(window.states)):
+            for item in range(batch):
+                take = np.flatnonzero(missing[item] & (query_frames[item] == start + offset))
+                if not len(take):
+                    continue
+                points = self._positions(window.states[offset], self.flow_size)[item].numpy()
+                gray = self._gray(window.extras[offset], item)
+                self.templates[item, take] = normalised_patches(
+                    sample_patches(gray, points[take], radius))
 
     def before_window(self, window) -> None:
         start = int(window.frame_ids[0])
         first_new = max(self.decoded_end, start + 1)
-        height, width = self.input_size
-        size = (width, height)
+        if self.flow_size is None:  # (W, H) of the frames the flow runs on
+            height, width = self._gray(window.extras[0], 0).shape
+            self.flow_size = (width, height)
+        size = self.flow_size
+        if self.anchor:
+            self._take_templates(window)
         states = list(window.states)
         for frame in range(first_new, start + len(states)):
             before, now = states[frame - 1 - start], states[frame - start]
@@ -157,8 +250,8 @@ class FlowPriorSession(HookSession):
             for item in range(positions.shape[0]):
                 if not bool(tracked[item].any()):
                     continue
-                source = self._gray(window.extras[frame - 1 - start], self.name, item)
-                target = self._gray(window.extras[frame - start], self.name, item)
+                source = self._gray(window.extras[frame - 1 - start], item)
+                target = self._gray(window.extras[frame - start], item)
                 points = positions[item].numpy()
                 forward = points + sample_flow(
                     self.flow.flow((item, frame - 1, frame), source, target), points)
@@ -169,6 +262,7 @@ class FlowPriorSession(HookSession):
                     error[item] = torch.from_numpy(np.linalg.norm(back - points, axis=1))
             if self.with_consistency:
                 self.consistency[frame] = torch.where(tracked.cpu(), error, torch.nan)
+                self.reliable[frame] = tracked.cpu() & (error < ANCHOR_FB_PX * max(size) / 256)
             limit = moved.new_tensor(size) - 0.5 + OUTSIDE_MARGIN_PX
             out = tracked.cpu() & ((moved < -0.5 - OUTSIDE_MARGIN_PX) | (moved > limit)).any(-1)
             self.outside[frame] = (out, moved)
@@ -182,12 +276,12 @@ class FlowPriorSession(HookSession):
     def after_window(self, window, states):
         """Points the flow took out of the frame are occluded there (every layer's visibility
         logits set to OCCLUDED_LOGIT; positions stay the model's, which cannot leave the
-        frame). With `follow_occluded`, a point the model calls occluded in a frame (visible
+        frame). With `anchor`, the flow's position where it is the authority (module
+        docstring; every layer's position and APU position). With `follow_occluded`, a point the model calls occluded in a frame (visible
         probability at most 0.5, after its query frame) takes the position the flow gave it
         before the window (every layer's position and APU position)."""
         start = int(window.frame_ids[0])
         self.decoded_end = max(self.decoded_end, int(window.frame_ids[-1]) + 1)
-        height, width = self.input_size
         marked = []
         for offset, state in enumerate(states):
             out, moved = self.outside.get(start + offset, (None, None))
@@ -196,12 +290,26 @@ class FlowPriorSession(HookSession):
                 continue
             vis = state.vis_logits.clone()
             position, apu = state.position_logits, state.apu_logits
+            reliable = self.reliable.get(start + offset)
+            if self.anchor and reliable is not None and bool(reliable.any()):
+                visible = (torch.sigmoid(vis[-1, ..., 1]) > 0.5).cpu()
+                flow_score, model_score, distance = self._patch_scores(window, offset, state,
+                                                                       moved)
+                far = distance > ANCHOR_RADIUS_PX * max(self.flow_size) / 256
+                # NaN scores (no template yet) compare False: the flow wins.
+                flow_better = torch.from_numpy(far | ~(model_score > flow_score + ANCHOR_MARGIN))
+                seen = torch.from_numpy(flow_score > ANCHOR_HIDDEN_NCC)
+                keep = reliable & ~out & torch.where(visible, flow_better, seen)
+                if bool(keep.any()):
+                    logits = inverse_sigmoid(coords.input_to_model(
+                        moved.to(position.device), self.flow_size)).to(position.dtype)
+                    position, apu = _placed(position, apu, keep.to(position.device), logits)
             if self.follow_occluded:
                 hidden = (torch.sigmoid(vis[-1, ..., 1]) <= 0.5).cpu() & (
                     window.query_frames.cpu() < start + offset)
                 if bool(hidden.any()):
                     logits = inverse_sigmoid(coords.input_to_model(
-                        moved.to(position.device), (width, height))).to(position.dtype)
+                        moved.to(position.device), self.flow_size)).to(position.dtype)
                     position, apu = _placed(position, apu, hidden.to(position.device), logits)
             out = out.to(vis.device)[None, ..., None]  # [1, B, N, 1]
             vis[..., 1:2] = torch.where(out, torch.full_like(vis[..., 1:2], OCCLUDED_LOGIT),
@@ -209,10 +317,30 @@ class FlowPriorSession(HookSession):
             marked.append(FrameState(position, apu, vis, state.content))
         return marked
 
+    def _patch_scores(self, window, offset: int, state, moved: torch.Tensor):
+        """Normalised cross-correlation [B, N] of each point's query-frame patch with the
+        patches at the flow's position (`moved`) and at the decoder's; and the distance [B, N]
+        between the two positions, flow-frame pixels (NaN scores without a template)."""
+        decoded = self._positions(state, self.flow_size).numpy()
+        moved = moved.numpy()
+        radius = self._patch_radius()
+        flow_score = np.full(decoded.shape[:2], np.nan, np.float32)
+        model_score = flow_score.copy()
+        for item in range(decoded.shape[0]):
+            gray = self._gray(window.extras[offset], item)
+            template = self.templates[item, :decoded.shape[1]]
+            flow_score[item] = (normalised_patches(sample_patches(gray, moved[item], radius))
+                                * template).sum(1)
+            model_score[item] = (normalised_patches(sample_patches(gray, decoded[item], radius))
+                                 * template).sum(1)
+        distance = np.linalg.norm(decoded - moved, axis=-1)
+        return flow_score, model_score, distance
+
     def release(self, keep_from: int) -> None:
         self.flow.forget(keep_from)
         for frame in [f for f in self.consistency if f < keep_from]:
             del self.consistency[frame]
+            self.reliable.pop(frame, None)
         # The last freed frame's flags stay: the next new frame continues from them.
         for frame in [f for f in self.outside if f < keep_from - 1]:
             del self.outside[frame]

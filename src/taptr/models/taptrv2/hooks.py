@@ -6,7 +6,8 @@ about what is attached; with no hooks it is the paper's model. An addition is a
 if any, are part of the network's state dict, under `hooks.<name>.`), which
 
 * computes per-frame features from the raw frames and backbone stages (`frame_features`),
-  kept by the stream with the frame's memory;
+  kept by the stream with the frame's memory (beside the caller's gray source frames, when it
+  pushes any: `TrackStream.push(frames, sources)`, `extras[frame]["source"]`);
 * refines every decoder layer's positions and visibility (`after_layer`), inside the window's
   learned computation (so it is traced into the exported window graph);
 * opens one `HookSession` per stream (`start(options)`, None when the options turn it off),

@@ -25,6 +25,10 @@ from taptr.models.taptrv2.hooks import HookSession
 from taptr.models.taptrv2.levels import LevelLayout
 from taptr.text import count
 
+# Key of the caller's gray source frames (`TrackStream.push(frames, sources)`) in each frame's
+# `extras`, beside the hooks' own frame features.
+SOURCE = "source"
+
 
 @dataclass
 class FrameState:
@@ -233,8 +237,10 @@ class TrackStream:
                                  torch.where(mask, initial, self.future.content))
 
     # ----------------------------------------------------------------------------- frames
-    def push(self, frames: torch.Tensor) -> TrackChunk | None:
-        """Add frames [B, t, 3, H, W] (normalised model input); returns newly final frames."""
+    def push(self, frames: torch.Tensor, sources: torch.Tensor | None = None) -> TrackChunk | None:
+        """Add frames [B, t, 3, H, W] (normalised model input); returns newly final frames.
+        sources: optional gray frames [B, t, H_s, W_s] uint8 at a resolution of the caller's
+        choosing, kept with each frame for the hooks' sessions (`extras[frame]["source"]`)."""
         if frames.shape[0] != self.batch:
             raise ValueError(f"expected a batch of {count(self.batch, 'video')}, "
                              f"got {frames.shape[0]}")
@@ -255,6 +261,8 @@ class TrackStream:
                 self.memory[frame] = memory[:, offset]
                 self.extras[frame] = {name: [t[:, offset] for t in tensors]
                                       for name, tensors in extras.items()}
+                if sources is not None:
+                    self.extras[frame][SOURCE] = [sources[:, start + offset]]
                 self.frames.append(self.future)
                 self.received += 1
                 self._initialise_queries(frame)
@@ -267,10 +275,11 @@ class TrackStream:
         return self._advance(final=True)
 
     def run(self, batches: Iterable[torch.Tensor]) -> Iterator[TrackChunk]:
-        """Push every batch of frames [B, t, 3, H, W], then finish; yields each non-empty
-        `TrackChunk` (the one loop that feeds a stream, for training and tracking alike)."""
-        for frames in batches:
-            chunk = self.push(frames)
+        """Push every batch of frames [B, t, 3, H, W] (or (frames, sources) pairs, as `push`),
+        then finish; yields each non-empty `TrackChunk` (the one loop that feeds a stream, for
+        training and tracking alike)."""
+        for batch in batches:
+            chunk = self.push(*batch) if isinstance(batch, tuple) else self.push(batch)
             if chunk is not None:
                 yield chunk
         chunk = self.finish()
