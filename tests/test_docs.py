@@ -17,7 +17,7 @@ from taptr.models.registry import DEFAULT_MODEL
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 MODEL_CARD = (REPO / "docs" / "model_card.md").read_text()
-BUNDLED_ROW = "| **taptr-small v3.3 (bundled)**"
+BUNDLED_ROW = "| **taptr-small v3.4 (bundled)**"
 
 
 def _first_mode_aj(row_start: str) -> str:

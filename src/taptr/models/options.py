@@ -32,16 +32,17 @@ class TrackingOptions:
     flow_consistency: also compute the backward flow and keep each step's forward-backward
         error (input pixels) in the prior's session, a reliability signal (twice the flow).
     flow_follows_occluded: with the flow prior, a point the model calls occluded in a frame
-        takes the position the flow gave it there (not the decoder's guess). Off by default:
-        the flow there is often the occluder's, which drags the point away
-        (docs/flow_prior.md).
-    flow_anchor: with the flow prior, the flow is the position authority where it is
-        reliable: a point the model calls visible whose flow step passes the forward-backward
-        check keeps the flow's position, not the decoder's; elsewhere the decoder's position
-        stands and the flow continues from it (docs/flow_prior.md).
+        takes the position the flow gave it there (not the decoder's guess); where an occluder
+        passes over the point, the flow there is the occluder's (docs/flow_prior.md).
+    flow_anchor: with the flow prior, where a flow step passes the forward-backward check, the
+        flow's position replaces the decoder's when its gray patch matches the point's
+        appearance at least as well (the query frame's patch when the two are near, the frame
+        before's when far apart); elsewhere the decoder's position stands and the flow
+        continues from it (docs/flow_prior.md, "The flow as the anchor").
     flow_resolution: the longest side (pixels) of the frames the flow prior runs on: 0 for
         the network's input frames (256x256 for `small`), N for the video's own frames in gray,
-        scaled down to at most N pixels (never up; the video's aspect ratio kept).
+        scaled down to at most N pixels (never up; the video's aspect ratio kept). Training
+        passes no video frames: its flow runs on the network's input.
     correlation: our local correlation update (docs/correlation.md), where the network has
         one; off gives the paper's decoder.
     template_update: weight w of a point's recent appearance in its correlation templates,

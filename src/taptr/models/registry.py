@@ -111,7 +111,9 @@ def default_options(preset: str) -> TrackingOptions:
 
 # The small preset's defaults: docs/flow_prior.md (flow prior), docs/correlation.md (template
 # refresh) and docs/motion_correction.md (threshold).
-SMALL_OPTIONS = TrackingOptions(flow_prior=True, template_update=0.25, motion_correction_px=16.0)
+SMALL_OPTIONS = TrackingOptions(flow_prior=True, flow_anchor=True, flow_follows_occluded=True,
+                                flow_resolution=1280, template_update=0.25,
+                                motion_correction_px=16.0)
 
 register("taptrv2", paper_config,
          description="the paper's TAPTRv2 (weights: the official checkpoint, a .pth path)")

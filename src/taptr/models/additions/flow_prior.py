@@ -26,13 +26,15 @@ default): its position becomes the one the flow gave it before the window, not t
 guess. It helps where points hide behind themselves or leave with the camera, and hurts where
 an occluder passes over them: the flow there is the occluder's (docs/flow_prior.md).
 
-With the option `flow_anchor` the flow is the position authority where it is reliable: after
-each window, a point whose flow step into a frame passed the forward-backward check
-(`ANCHOR_FB_PX`) takes the flow's position there when the decoder's is far from it (the
-decoder lost the point) or, near it, when the flow's patch matches the point's query-frame
-patch at least as well (normalised cross-correlation of gray patches); a point the model calls
-occluded takes it when the flow's patch still matches (`ANCHOR_HIDDEN_NCC`). Elsewhere the
-decoder's position stands, and the flow continues from it.
+With the option `flow_anchor` the flow and the decoder compete by appearance where the flow is
+reliable: after each window, a point whose flow step into a frame passed the forward-backward
+check (`ANCHOR_FB_PX`) takes the flow's position there when its gray patch matches at least as
+well as the decoder's (normalised cross-correlation): near each other (`ANCHOR_RADIUS_PX`) the
+match is with the point's query-frame patch, which catches the flow's slow drift; far apart,
+with the point's patch in the frame before, which tells which of the two jumped off the
+surface. A point the model calls occluded takes the flow's position when the flow's patch still
+matches its query-frame patch (`ANCHOR_HIDDEN_NCC`). Elsewhere the decoder's position stands,
+and the flow continues from it.
 
 Why: the decoder corrects a position near the truth far better than it finds one that moved
 far; classical flow is the best short-term motion estimate a CPU has (docs/flow_prior.md has
@@ -61,10 +63,11 @@ OCCLUDED_LOGIT = -10.0
 # Forward-backward error (pixels of a 256-pixel frame) under which a flow step is reliable
 # (the `dis` baseline's check) for `flow_anchor`.
 ANCHOR_FB_PX = 1.5
-# `flow_anchor`, where the flow step is reliable: a decoder position more than this far from the
-# flow's (pixels of a 256-pixel frame) has lost the point, the flow's stands; nearer, the
-# position whose patch correlates better with the point's query-frame patch stands (the
-# decoder's only when better by more than ANCHOR_MARGIN). A point the model calls occluded
+# `flow_anchor`, where the flow step is reliable: within this distance of the flow's position
+# (pixels of a 256-pixel frame), the position whose patch correlates better with the point's
+# query-frame patch stands (drift); beyond it, the one whose patch correlates better with the
+# point's patch in the frame before (a jump: which of the two left the surface). The
+# decoder's wins only when better by more than ANCHOR_MARGIN. A point the model calls occluded
 # takes the flow's position when the flow's patch still correlates above ANCHOR_HIDDEN_NCC.
 ANCHOR_RADIUS_PX = 4.0
 ANCHOR_MARGIN = 0.0
@@ -92,7 +95,7 @@ def sample_patches(gray: np.ndarray, points: np.ndarray, radius: int) -> np.ndar
     ox, oy = np.meshgrid(offsets, offsets)
     map_x = np.ascontiguousarray(points[:, :1] + ox.reshape(1, -1), dtype=np.float32)
     map_y = np.ascontiguousarray(points[:, 1:2] + oy.reshape(1, -1), dtype=np.float32)
-    return cv2.remap(gray.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+    return cv2.remap(gray.astype(np.float32, copy=False), map_x, map_y, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -101,6 +104,14 @@ def normalised_patches(patches: np.ndarray) -> np.ndarray:
     centred = patches - patches.mean(1, keepdims=True)
     norm = np.linalg.norm(centred, axis=1, keepdims=True)
     return centred / np.maximum(norm, 1e-6)
+
+
+def _correlations(gray: np.ndarray, templates: np.ndarray, points_a: np.ndarray,
+                  points_b: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised cross-correlations [M] of normalised patches `templates` [M, P] with the
+    patches of `gray` [H, W] at points_a and at points_b [M, 2] (x, y pixels)."""
+    return tuple((normalised_patches(sample_patches(gray, points, radius)) * templates).sum(1)
+                 for points in (points_a, points_b))
 
 
 def _placed(position: torch.Tensor, apu: torch.Tensor, where: torch.Tensor,
@@ -293,13 +304,9 @@ class FlowPriorSession(HookSession):
             reliable = self.reliable.get(start + offset)
             if self.anchor and reliable is not None and bool(reliable.any()):
                 visible = (torch.sigmoid(vis[-1, ..., 1]) > 0.5).cpu()
-                flow_score, model_score, distance = self._patch_scores(window, offset, state,
-                                                                       moved)
-                far = distance > ANCHOR_RADIUS_PX * max(self.flow_size) / 256
-                # NaN scores (no template yet) compare False: the flow wins.
-                flow_better = torch.from_numpy(far | ~(model_score > flow_score + ANCHOR_MARGIN))
-                seen = torch.from_numpy(flow_score > ANCHOR_HIDDEN_NCC)
-                keep = reliable & ~out & torch.where(visible, flow_better, seen)
+                keep = self._flow_wins(window, offset, state,
+                                       marked[offset - 1] if offset > 0 else None, moved,
+                                       reliable & ~out, visible)
                 if bool(keep.any()):
                     logits = inverse_sigmoid(coords.input_to_model(
                         moved.to(position.device), self.flow_size)).to(position.dtype)
@@ -317,24 +324,41 @@ class FlowPriorSession(HookSession):
             marked.append(FrameState(position, apu, vis, state.content))
         return marked
 
-    def _patch_scores(self, window, offset: int, state, moved: torch.Tensor):
-        """Normalised cross-correlation [B, N] of each point's query-frame patch with the
-        patches at the flow's position (`moved`) and at the decoder's; and the distance [B, N]
-        between the two positions, flow-frame pixels (NaN scores without a template)."""
+    def _flow_wins(self, window, offset: int, state, previous, moved: torch.Tensor,
+                   candidates: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """[B, N] bool: where the flow's position replaces the decoder's (`flow_anchor`, module
+        docstring), among `candidates` [B, N] (reliable flow steps inside the frame).
+        previous: the final state of the frame before (None when it is not in the window)."""
         decoded = self._positions(state, self.flow_size).numpy()
-        moved = moved.numpy()
+        before = None if previous is None else self._positions(previous, self.flow_size).numpy()
+        moved, visible = moved.numpy(), visible.numpy()
+        near_px = ANCHOR_RADIUS_PX * max(self.flow_size) / 256
         radius = self._patch_radius()
-        flow_score = np.full(decoded.shape[:2], np.nan, np.float32)
-        model_score = flow_score.copy()
+        wins = np.zeros(decoded.shape[:2], bool)
         for item in range(decoded.shape[0]):
-            gray = self._gray(window.extras[offset], item)
-            template = self.templates[item, :decoded.shape[1]]
-            flow_score[item] = (normalised_patches(sample_patches(gray, moved[item], radius))
-                                * template).sum(1)
-            model_score[item] = (normalised_patches(sample_patches(gray, decoded[item], radius))
-                                 * template).sum(1)
-        distance = np.linalg.norm(decoded - moved, axis=-1)
-        return flow_score, model_score, distance
+            points = np.flatnonzero(candidates[item].numpy())
+            if not len(points):
+                continue
+            gray = self._gray(window.extras[offset], item).astype(np.float32)
+            flow_at, model_at = moved[item, points], decoded[item, points]
+            # Against the query-frame patch (NaN without a template: compares False).
+            flow_score, model_score = _correlations(
+                gray, self.templates[item, points], flow_at, model_at, radius)
+            flow_better = ~(model_score > flow_score + ANCHOR_MARGIN)
+            far = np.linalg.norm(model_at - flow_at, axis=1) > near_px
+            if before is None:  # the frame before is not in this window: far means lost
+                flow_better |= far
+            elif far.any():  # far apart: against the patch in the frame before
+                gray_before = self._gray(window.extras[offset - 1], item).astype(np.float32)
+                picked = np.flatnonzero(far)
+                template = normalised_patches(sample_patches(
+                    gray_before, before[item, points[picked]], radius))
+                recent_flow, recent_model = _correlations(
+                    gray, template, flow_at[picked], model_at[picked], radius)
+                flow_better[picked] = ~(recent_model > recent_flow + ANCHOR_MARGIN)
+            seen = flow_score > ANCHOR_HIDDEN_NCC
+            wins[item, points] = np.where(visible[item, points], flow_better, seen)
+        return torch.from_numpy(wins)
 
     def release(self, keep_from: int) -> None:
         self.flow.forget(keep_from)
