@@ -230,12 +230,13 @@ def side_by_side(args) -> str:
 
     frames = args.frames[0]
     same_small = get_preset("small").replace(correlation_stages=(), initialisation="detr")
-    cases = [("small (no correlation)", same_small, 256, True),
-             ("small (no correlation)", same_small, 1024, True),
-             ("taptrv2", get_preset("taptrv2"), 64, True),
-             # The old tree runs the same weights with its own defaults of the day (e.g. v3.2's,
-             # without the flow prior): the speed of the default against the default.
-             ("small (each tree's default)", get_preset("small"), 256, True)]
+    # (name, config, points, both trees, this tree's own defaults). The same-work rows turn off
+    # the additions older trees lack (the flow prior); the last row runs each tree with its own
+    # defaults of the day (e.g. v3.2's, without the flow prior): the default against the default.
+    cases = [("small (no correlation)", same_small, 256, True, False),
+             ("small (no correlation)", same_small, 1024, True, False),
+             ("taptrv2", get_preset("taptrv2"), 64, True, False),
+             ("small (each tree's default)", get_preset("small"), 256, True, True)]
     if args.cases:
         cases = [case for case in cases if any(word in case[0] for word in args.cases)]
     lines = [f"tracking speed, {WIDTH}x{HEIGHT} H.264 video of {frames} frames, queries on frame "
@@ -254,13 +255,15 @@ def side_by_side(args) -> str:
             checkout(args.reference) as old_tree:
         folder = Path(folder)
         os.environ["TAPTR_CACHE"] = str(folder / "cache")  # ONNX exports of these models
-        for index, (name, config, points, both) in enumerate(cases):
+        for index, (name, config, points, both, own_defaults) in enumerate(cases):
             torch.manual_seed(0)
             model_file = folder / f"model{index}.pt"
             model = build_model(config)
             # The default tracking options in the fields older trees kept in ModelConfig, so
             # both sides track with the same ones (e.g. the motion correction).
             options = model.default_options
+            if not own_defaults:
+                options = options.replace(flow_prior=False)
             legacy = {"correlation_template_update": options.template_update,
                       "motion_correction_px": options.motion_correction_px,
                       "motion_correction_neighbours": options.motion_correction_neighbours}
