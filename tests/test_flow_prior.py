@@ -275,3 +275,36 @@ def test_the_anchor_keeps_the_flows_position_where_it_is_reliable():
         assert torch.allclose(got[2], truth[frame][0, 2], atol=1e-3)  # the decoder's does
     off = hook.start(TrackingOptions(flow_prior=True))
     assert off.anchor is False and off.with_consistency is False
+
+
+def test_points_added_to_a_live_stream_after_a_window_are_tracked():
+    """Queries added to a stream after the flow prior has per-frame state (the bundled
+    defaults: prior, anchor, flow on the video frames) join without error and follow the
+    texture like the first ones."""
+    from taptr.tracker import Tracker
+
+    frames = np.repeat(np.repeat(_translated_frames(20), 3, axis=1), 3, axis=2)  # 192x288
+    tracker = Tracker.from_pretrained(device="cpu")
+    online = tracker.stream(queries=[[0, 100.0, 90.0], [0, 150.0, 60.0]])
+    updates = []
+    for index, frame in enumerate(frames):
+        if index == 10:  # after windows ran: the prior holds state for 2 points
+            online.add_queries([[120.0, 100.0], [200.0, 110.0], [60.0, 80.0]], frame=9)
+        updates.append(online.push(frame))
+    updates.append(online.finish())
+    final = [u for u in updates if u is not None]
+    last = final[-1]
+    assert list(last.ids) == [0, 1, 2, 3, 4]
+    start = np.array([[100.0, 90.0], [150.0, 60.0], [120.0, 100.0], [200.0, 110.0], [60.0, 80.0]])
+    moved = 3 * np.array(SHIFT) * (19 - np.array([0, 0, 9, 9, 9]))[:, None]
+    error = np.linalg.norm(last.tracks[:, -1] - (start + moved), axis=-1)
+    assert np.median(error) < 2.0, error
+
+
+def test_a_tiny_video_falls_back_to_the_network_frames_for_the_flow():
+    from taptr.tracker import Tracker
+
+    frames = _translated_frames(10)[:, :8, :10]  # 10x8 video pixels: too small for DIS
+    tracker = Tracker.from_pretrained(device="cpu")
+    result = tracker.track(frames, queries=np.array([[0, 5.0, 4.0]]), progress=False)
+    assert np.isfinite(result.tracks).all()

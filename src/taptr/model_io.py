@@ -42,7 +42,7 @@ class ModelStream(Protocol):
 
     def finish(self): ...
 
-    def run(self, batches: Iterable[torch.Tensor]) -> Iterator: ...
+    def run(self, batches: Iterable) -> Iterator: ...
 
     def add_queries(self, query_points: torch.Tensor, query_frames: torch.Tensor) -> None: ...
 
@@ -214,13 +214,13 @@ class ModelIO:
         return PixelChunk(int(chunk.start), pixels, visibility)
 
     # ------------------------------------------------------------------ one pass
-    def run(self, frames: Iterable[torch.Tensor], num_frames: int, points: torch.Tensor,
+    def run(self, frames: Iterable[PreparedFrame], num_frames: int, points: torch.Tensor,
             query_frames: torch.Tensor, video_size: tuple[int, int], num_points: int,
             point_chunk: int | None = None, on_frames=None) -> Iterator[PixelChunk]:
         """Push prepared frames through one model stream in `window_stride`-sized batches, then
         finish it; yield the final frames of the first `num_points` points in video pixels.
 
-        frames: prepared uint8 [3, H_in, W_in]; points [1, N, 2] model coordinates (N >=
+        frames: `PreparedFrame`s (`prepare_frame`); points [1, N, 2] model coordinates (N >=
         num_points: extra points, e.g. padding, are tracked but not returned); query_frames
         [1, N] relative to the first frame; on_frames(count) after each batch is pushed.
         """
@@ -232,10 +232,13 @@ class ModelIO:
                 if converted is not None:
                     yield converted
 
-    def _batches(self, frames: Iterable[torch.Tensor], on_frames) -> Iterator[torch.Tensor]:
-        """Model inputs of `window_stride` consecutive frames (the last batch may be shorter)."""
+    def _batches(self, frames: Iterable[PreparedFrame], on_frames) -> Iterator:
+        """Model inputs of `window_stride` consecutive frames (the last batch may be shorter):
+        a normalised tensor, or (tensor, gray sources) when the frames carry sources."""
         frames = iter(frames)
         while batch := list(itertools.islice(frames, self.config.window_stride)):
-            yield self.model_input(batch), self.source_input(batch)
+            sources = self.source_input(batch)
+            yield self.model_input(batch) if sources is None else (self.model_input(batch),
+                                                                   sources)
             if on_frames is not None:
                 on_frames(len(batch))

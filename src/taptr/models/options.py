@@ -30,7 +30,8 @@ class TrackingOptions:
         decoded yet start from the previous position moved by DIS optical flow, not a copy.
     flow_preset: OpenCV's DIS preset of that flow: 'ultrafast', 'fast' or 'medium'.
     flow_consistency: also compute the backward flow and keep each step's forward-backward
-        error (input pixels) in the prior's session, a reliability signal (twice the flow).
+        error (pixels of the frames the flow runs on) in the prior's session, a reliability
+        signal (twice the flow).
     flow_follows_occluded: with the flow prior, a point the model calls occluded in a frame
         takes the position the flow gave it there (not the decoder's guess); where an occluder
         passes over the point, the flow there is the occluder's (docs/flow_prior.md).

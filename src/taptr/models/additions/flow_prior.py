@@ -14,7 +14,7 @@ N > 0, on the video's own frames in gray scaled to at most N pixels on the longe
 stream's source frames, `TrackStream.push(frames, sources)`), which the flow needs for
 sub-pixel precision on real video (docs/flow_prior.md). With the option `flow_consistency`
 the backward flow is computed too, and the forward-backward error |p + F(p) + B(p + F(p)) - p|
-of each step (input pixels) is kept per frame as a reliability signal (`consistency`).
+of each step (pixels of the frames the flow runs on) is kept per frame as a reliability signal (`consistency`).
 
 A point the flow takes out of the frame (more than `OUTSIDE_MARGIN_PX` beyond an edge) is
 occluded there: after each window its visibility logits are set to `OCCLUDED_LOGIT` in those
@@ -32,7 +32,8 @@ check (`ANCHOR_FB_PX`) takes the flow's position there when its gray patch match
 well as the decoder's (normalised cross-correlation): near each other (`ANCHOR_RADIUS_PX`) the
 match is with the point's query-frame patch, which catches the flow's slow drift; far apart,
 with the point's patch in the frame before, which tells which of the two jumped off the
-surface. A point the model calls occluded takes the flow's position when the flow's patch still
+surface (in a window's first frame, whose frame before the window no longer holds, the flow's
+wins when far). A point the model calls occluded takes the flow's position when the flow's patch still
 matches its query-frame patch (`ANCHOR_HIDDEN_NCC`). Elsewhere the decoder's position stands,
 and the flow continues from it.
 
@@ -55,8 +56,8 @@ from taptr.models.taptrv2.hooks import HookSession, TrackingHook
 from taptr.models.taptrv2.windows import SOURCE, FrameState
 from taptr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-# A point the flow takes more than this many input pixels beyond the frame's edge has left the
-# frame: occluded there (a point inside, however near the border, keeps the model's visibility).
+# A point the flow takes more than this many pixels (of the frames the flow runs on) beyond the
+# frame's edge has left the frame: occluded there (a point inside, however near the border, keeps the model's visibility).
 OUTSIDE_MARGIN_PX = 1.0
 # Visibility logit of a point out of the frame (sigmoid: 4.5e-5).
 OCCLUDED_LOGIT = -10.0
@@ -72,6 +73,11 @@ ANCHOR_FB_PX = 1.5
 ANCHOR_RADIUS_PX = 4.0
 ANCHOR_MARGIN = 0.0
 ANCHOR_HIDDEN_NCC = 0.5
+# Patch radius cap (a patch is at most (2r+1)^2 samples; OpenCV's remap takes under 32767).
+MAX_PATCH_RADIUS = 24
+# Source frames with a shorter side below this fall back to the network input's gray frames
+# (DIS needs images of at least 12-16 pixels).
+MIN_SOURCE_SIDE = 32
 # ITU-R BT.601 luma weights (OpenCV's RGB -> gray).
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -173,7 +179,8 @@ class FlowPriorSession(HookSession):
     """Moves the points of not-yet-decoded frames by the flow before each window (module
     docstring), and occludes the points it took out of the frame (after each window).
     consistency (with `with_consistency`): frame -> [B, N] forward-backward error
-    of the step into that frame, input pixels (NaN for points not moved)."""
+    of the step into that frame, pixels of the frames the flow runs on (NaN for points not
+    moved)."""
 
     def __init__(self, name: str, input_size: tuple[int, int], preset: str = "fast",
                  with_consistency: bool = False, follow_occluded: bool = False,
@@ -185,33 +192,66 @@ class FlowPriorSession(HookSession):
         self.with_consistency = with_consistency or anchor
         self.follow_occluded = follow_occluded
         self.decoded_end = 0  # frames before it were decoded by some window
-        self.flow_size: tuple[int, int] | None = None
+        self.flow_size: tuple[int, int] | None = None  # (W, H) of the frames the flow runs on
+        self.use_source = False
+        self.input_wh = (input_size[1], input_size[0])
         self.consistency: dict[int, torch.Tensor] = {}
         self.reliable: dict[int, torch.Tensor] = {}  # frame -> [B, N] flow step passed the check
-        # Anchor: each point's query-frame patch (normalised, [B, N, P]) and whether it is set.
+        # Anchor: each point's query-frame patch (normalised, [B, N, P]; NaN until taken).
         self.templates: np.ndarray | None = None
         self.num_points = 0
         # Points the flow took out of the frame: frame -> ([B, N] bool, [B, N, 2] unclamped
-        # input pixels where the flow has them), on the CPU.
+        # pixels of the frames the flow runs on, where the flow has them), on the CPU.
         self.outside: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _gray(self, extras: dict, item: int) -> np.ndarray:
         """The frame the flow runs on: the caller's gray source frame when the stream has one
-        (`flow_resolution`), else the network input's gray frame."""
-        if SOURCE in extras:
-            return np.ascontiguousarray(extras[SOURCE][0][item].numpy())
+        (`flow_resolution`) large enough for DIS, else the network input's gray frame."""
+        if self.use_source and SOURCE in extras:
+            return np.ascontiguousarray(extras[SOURCE][0][item].cpu().numpy())
         return extras[self.name][0][item, 0].to("cpu", torch.float32).numpy().astype(np.uint8)
 
+    def _choose_frames(self, extras: dict) -> None:
+        """First window: the frames the flow runs on and their size (W, H)."""
+        source = extras.get(SOURCE)
+        self.use_source = source is not None and min(source[0].shape[-2:]) >= MIN_SOURCE_SIDE
+        height, width = self._gray(extras, 0).shape
+        self.flow_size = (width, height)
+
     def add_points(self, count: int) -> None:
+        """New points: per-frame state of the frames held so far gets `count` more entries
+        (not moved, not out of the frame, not reliable)."""
         self.num_points += count
 
-    def _patch_radius(self) -> int:
-        return max(3, round(max(self.flow_size) / 64))
+        def grow(tensor: torch.Tensor, fill) -> torch.Tensor:
+            extra = tensor.new_full((tensor.shape[0], count, *tensor.shape[2:]), fill)
+            return torch.cat((tensor, extra), 1)
 
-    def _positions(self, state, size) -> torch.Tensor:
+        self.outside = {frame: (grow(out, False), grow(moved, 0.0))
+                        for frame, (out, moved) in self.outside.items()}
+        self.reliable = {frame: grow(flags, False) for frame, flags in self.reliable.items()}
+        self.consistency = {frame: grow(error, float("nan"))
+                            for frame, error in self.consistency.items()}
+
+    def _patch_radius(self) -> int:
+        return min(MAX_PATCH_RADIUS, max(3, round(max(self.flow_size) / 64)))
+
+    def _to_flow(self, points: torch.Tensor) -> torch.Tensor:
+        """Model coordinates -> pixels of the frames the flow runs on."""
+        if self.flow_size == self.input_wh:
+            return coords.model_to_input(points, self.input_wh)
+        return coords.model_to_pixel(points, self.flow_size, self.input_wh)
+
+    def _to_model(self, points: torch.Tensor) -> torch.Tensor:
+        """Pixels of the frames the flow runs on -> model coordinates."""
+        if self.flow_size == self.input_wh:
+            return coords.input_to_model(points, self.input_wh)
+        return coords.pixel_to_model(points, self.flow_size, self.input_wh)
+
+    def _positions(self, state) -> torch.Tensor:
         """Last layer's positions [B, N, 2] of a state in flow-frame pixels (CPU, float32)."""
-        return coords.model_to_input(
-            torch.sigmoid(state.position_logits[-1, ..., :2].detach().float()), size).cpu()
+        return self._to_flow(
+            torch.sigmoid(state.position_logits[-1, ..., :2].detach().float())).cpu()
 
     def _take_templates(self, window) -> None:
         """Query-frame patches of points whose query frame is in this window (the state at a
@@ -233,7 +273,7 @@ class FlowPriorSession(HookSession):
                 take = np.flatnonzero(missing[item] & (query_frames[item] == start + offset))
                 if not len(take):
                     continue
-                points = self._positions(window.states[offset], self.flow_size)[item].numpy()
+                points = self._positions(window.states[offset])[item].numpy()
                 gray = self._gray(window.extras[offset], item)
                 self.templates[item, take] = normalised_patches(
                     sample_patches(gray, points[take], radius))
@@ -241,9 +281,8 @@ class FlowPriorSession(HookSession):
     def before_window(self, window) -> None:
         start = int(window.frame_ids[0])
         first_new = max(self.decoded_end, start + 1)
-        if self.flow_size is None:  # (W, H) of the frames the flow runs on
-            height, width = self._gray(window.extras[0], 0).shape
-            self.flow_size = (width, height)
+        if self.flow_size is None:
+            self._choose_frames(window.extras[0])
         size = self.flow_size
         if self.anchor:
             self._take_templates(window)
@@ -251,8 +290,7 @@ class FlowPriorSession(HookSession):
         for frame in range(first_new, start + len(states)):
             before, now = states[frame - 1 - start], states[frame - start]
             tracked = window.query_frames < frame  # [B, N]
-            positions = coords.model_to_input(
-                torch.sigmoid(before.position_logits[-1, ..., :2].detach().float()), size).cpu()
+            positions = self._positions(before)
             if frame - 1 in self.outside:  # carry on from where the flow has them, off the frame
                 was_out, unclamped = self.outside[frame - 1]
                 positions = torch.where(was_out[..., None], unclamped, positions)
@@ -278,7 +316,7 @@ class FlowPriorSession(HookSession):
             out = tracked.cpu() & ((moved < -0.5 - OUTSIDE_MARGIN_PX) | (moved > limit)).any(-1)
             self.outside[frame] = (out, moved)
             moved = moved.to(now.position_logits.device)
-            logits = inverse_sigmoid(coords.input_to_model(moved, size)).to(
+            logits = inverse_sigmoid(self._to_model(moved)).to(
                 now.position_logits.dtype)
             position, apu = _placed(now.position_logits, now.apu_logits, tracked, logits)
             states[frame - start] = FrameState(position, apu, now.vis_logits, now.content)
@@ -308,15 +346,15 @@ class FlowPriorSession(HookSession):
                                        marked[offset - 1] if offset > 0 else None, moved,
                                        reliable & ~out, visible)
                 if bool(keep.any()):
-                    logits = inverse_sigmoid(coords.input_to_model(
-                        moved.to(position.device), self.flow_size)).to(position.dtype)
+                    logits = inverse_sigmoid(self._to_model(moved)).to(
+                        device=position.device, dtype=position.dtype)
                     position, apu = _placed(position, apu, keep.to(position.device), logits)
             if self.follow_occluded:
                 hidden = (torch.sigmoid(vis[-1, ..., 1]) <= 0.5).cpu() & (
                     window.query_frames.cpu() < start + offset)
                 if bool(hidden.any()):
-                    logits = inverse_sigmoid(coords.input_to_model(
-                        moved.to(position.device), self.flow_size)).to(position.dtype)
+                    logits = inverse_sigmoid(self._to_model(moved)).to(
+                        device=position.device, dtype=position.dtype)
                     position, apu = _placed(position, apu, hidden.to(position.device), logits)
             out = out.to(vis.device)[None, ..., None]  # [1, B, N, 1]
             vis[..., 1:2] = torch.where(out, torch.full_like(vis[..., 1:2], OCCLUDED_LOGIT),
@@ -329,8 +367,8 @@ class FlowPriorSession(HookSession):
         """[B, N] bool: where the flow's position replaces the decoder's (`flow_anchor`, module
         docstring), among `candidates` [B, N] (reliable flow steps inside the frame).
         previous: the final state of the frame before (None when it is not in the window)."""
-        decoded = self._positions(state, self.flow_size).numpy()
-        before = None if previous is None else self._positions(previous, self.flow_size).numpy()
+        decoded = self._positions(state).numpy()
+        before = None if previous is None else self._positions(previous).numpy()
         moved, visible = moved.numpy(), visible.numpy()
         near_px = ANCHOR_RADIUS_PX * max(self.flow_size) / 256
         radius = self._patch_radius()
@@ -341,7 +379,8 @@ class FlowPriorSession(HookSession):
                 continue
             gray = self._gray(window.extras[offset], item).astype(np.float32)
             flow_at, model_at = moved[item, points], decoded[item, points]
-            # Against the query-frame patch (NaN without a template: compares False).
+            # Against the query-frame patch (without a template the scores are NaN, the
+            # comparison False: the flow wins).
             flow_score, model_score = _correlations(
                 gray, self.templates[item, points], flow_at, model_at, radius)
             flow_better = ~(model_score > flow_score + ANCHOR_MARGIN)
