@@ -103,3 +103,30 @@ def test_checks_name_what_is_wrong(tmp_path):
     with pytest.raises(TaptrError, match="cannot write '/proc/taptr-test/out/x.json'"):
         check_can_write_file(Path(UNWRITABLE) / "x.json")
     assert blocker.read_text() == "x"
+
+
+def test_several_processes_may_probe_the_same_new_output_folder_at_once(tmp_path):
+    """torchrun starts every process on the same --out: probing a folder that another
+    process is creating or removing at that moment must not fail (it did: 'File exists',
+    'No such file or directory')."""
+    import threading
+
+    from taptr.io.atomic import check_can_create_folder
+
+    errors = []
+
+    def probe(folder):
+        try:
+            for _ in range(30):
+                check_can_create_folder(folder)
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    for round_ in range(10):
+        folder = tmp_path / f"run{round_}" / "two"
+        threads = [threading.Thread(target=probe, args=(folder,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]

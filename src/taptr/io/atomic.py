@@ -90,29 +90,42 @@ def check_can_create_folder(folder: str | os.PathLike) -> None:
 
 def _probe_folder(folder: Path, output: str) -> None:
     """`check_can_create_folder` for an absolute `folder`; `output` names what is written in
-    the messages."""
-    if folder.exists() and not folder.is_dir():
-        raise TaptrError(f"cannot write {output}: {str(folder)!r} is a file, not a folder")
-    created = []
-    missing = folder
-    while not missing.exists():
-        created.append(missing)
-        missing = missing.parent
-    if not missing.is_dir():
-        raise TaptrError(f"cannot write {output}: {str(missing)!r} is a file")
-    try:
-        for path in reversed(created):
-            path.mkdir()
-        probe = folder / f".taptr-probe-{secrets.token_hex(4)}"
-        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        probe.unlink()
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise TaptrError(f"cannot write {output}: {reason}") from None
-    finally:
-        for path in created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+    the messages. Safe when several processes probe the same folder at once (torchrun): a
+    folder another process created or removed meanwhile is not an error (retried)."""
+    for attempt in range(5):
+        # is_file, not "exists and not is_dir": a folder may vanish between two such calls.
+        if folder.is_file():
+            raise TaptrError(f"cannot write {output}: {str(folder)!r} is a file, not a folder")
+        missing = folder
+        while not missing.exists():
+            missing = missing.parent
+        if missing.is_file():
+            raise TaptrError(f"cannot write {output}: {str(missing)!r} is a file")
+        created = []
+        try:
+            for path in reversed([folder, *folder.parents]):
+                if path.exists():
+                    continue
+                try:
+                    path.mkdir()
+                    created.append(path)
+                except FileExistsError:  # another process made it meanwhile
+                    pass
+            probe = folder / f".taptr-probe-{secrets.token_hex(4)}"
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            probe.unlink()
+            return
+        except FileNotFoundError:  # another process removed a folder it had made: again
+            if attempt == 4:
+                raise TaptrError(f"cannot write {output}: a folder on its path keeps "
+                                 "disappearing") from None
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise TaptrError(f"cannot write {output}: {reason}") from None
+        finally:
+            for path in reversed(created):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
 
 
 def check_can_write_file(path: str | os.PathLike) -> None:
