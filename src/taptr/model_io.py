@@ -194,6 +194,12 @@ class ModelIO:
             return None
         return torch.from_numpy(np.stack([f.source for f in frames]))[None]
 
+    def stream_inputs(self, frames: list[PreparedFrame]) -> tuple[torch.Tensor, ...]:
+        """The arguments of a model stream's `push` for prepared frames: (model input,) or
+        (model input, gray sources) when the frames carry sources."""
+        sources = self.source_input(frames)
+        return (self.model_input(frames),) + (() if sources is None else (sources,))
+
     def model_points(self, points_px: np.ndarray, video_size: tuple[int, int]) -> torch.Tensor:
         """[n, 2] (x, y) video pixels -> [1, n, 2] model coordinates (float32, on the device).
         video_size: (W, H)."""
@@ -233,12 +239,10 @@ class ModelIO:
                     yield converted
 
     def _batches(self, frames: Iterable[PreparedFrame], on_frames) -> Iterator:
-        """Model inputs of `window_stride` consecutive frames (the last batch may be shorter):
-        a normalised tensor, or (tensor, gray sources) when the frames carry sources."""
+        """`stream_inputs` of `window_stride` consecutive frames (the last batch may be
+        shorter)."""
         frames = iter(frames)
         while batch := list(itertools.islice(frames, self.config.window_stride)):
-            sources = self.source_input(batch)
-            yield self.model_input(batch) if sources is None else (self.model_input(batch),
-                                                                   sources)
+            yield self.stream_inputs(batch)
             if on_frames is not None:
                 on_frames(len(batch))

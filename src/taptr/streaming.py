@@ -170,9 +170,7 @@ class OnlineTracker:
         self.frame_index += 1
         prepared = [self.io.prepare_frame(frame, self.options)]
         with torch.inference_mode(), self.io.autocast():
-            sources = self.io.source_input(prepared)
-            inputs = (self.io.model_input(prepared),) + (() if sources is None else (sources,))
-            return self._update(self._model_stream.push(*inputs))
+            return self._update(self._model_stream.push(*self.io.stream_inputs(prepared)))
 
     def finish(self) -> StreamUpdate | None:
         """End of the video: returns every frame not returned yet."""

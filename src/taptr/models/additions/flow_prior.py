@@ -196,7 +196,6 @@ class FlowPriorSession(HookSession):
         self.use_source = False
         self.input_wh = (input_size[1], input_size[0])
         self.consistency: dict[int, torch.Tensor] = {}
-        self.reliable: dict[int, torch.Tensor] = {}  # frame -> [B, N] flow step passed the check
         # Anchor: each point's query-frame patch (normalised, [B, N, P]; NaN until taken).
         self.templates: np.ndarray | None = None
         self.num_points = 0
@@ -220,7 +219,7 @@ class FlowPriorSession(HookSession):
 
     def add_points(self, count: int) -> None:
         """New points: per-frame state of the frames held so far gets `count` more entries
-        (not moved, not out of the frame, not reliable)."""
+        (not moved, not out of the frame, no flow step)."""
         self.num_points += count
 
         def grow(tensor: torch.Tensor, fill) -> torch.Tensor:
@@ -229,7 +228,6 @@ class FlowPriorSession(HookSession):
 
         self.outside = {frame: (grow(out, False), grow(moved, 0.0))
                         for frame, (out, moved) in self.outside.items()}
-        self.reliable = {frame: grow(flags, False) for frame, flags in self.reliable.items()}
         self.consistency = {frame: grow(error, float("nan"))
                             for frame, error in self.consistency.items()}
 
@@ -311,7 +309,6 @@ class FlowPriorSession(HookSession):
                     error[item] = torch.from_numpy(np.linalg.norm(back - points, axis=1))
             if self.with_consistency:
                 self.consistency[frame] = torch.where(tracked.cpu(), error, torch.nan)
-                self.reliable[frame] = tracked.cpu() & (error < ANCHOR_FB_PX * max(size) / 256)
             limit = moved.new_tensor(size) - 0.5 + OUTSIDE_MARGIN_PX
             out = tracked.cpu() & ((moved < -0.5 - OUTSIDE_MARGIN_PX) | (moved > limit)).any(-1)
             self.outside[frame] = (out, moved)
@@ -339,23 +336,26 @@ class FlowPriorSession(HookSession):
                 continue
             vis = state.vis_logits.clone()
             position, apu = state.position_logits, state.apu_logits
-            reliable = self.reliable.get(start + offset)
+            error = self.consistency.get(start + offset)  # NaN (not moved) compares False
+            reliable = None if error is None else error < ANCHOR_FB_PX * max(self.flow_size) / 256
+            # The logits of the flow's positions, for the anchor and follow_occluded.
+            flow_logits = inverse_sigmoid(self._to_model(moved)).to(
+                device=position.device, dtype=position.dtype) if (
+                    self.anchor or self.follow_occluded) else None
             if self.anchor and reliable is not None and bool(reliable.any()):
                 visible = (torch.sigmoid(vis[-1, ..., 1]) > 0.5).cpu()
                 keep = self._flow_wins(window, offset, state,
                                        marked[offset - 1] if offset > 0 else None, moved,
                                        reliable & ~out, visible)
                 if bool(keep.any()):
-                    logits = inverse_sigmoid(self._to_model(moved)).to(
-                        device=position.device, dtype=position.dtype)
-                    position, apu = _placed(position, apu, keep.to(position.device), logits)
+                    position, apu = _placed(position, apu, keep.to(position.device),
+                                            flow_logits)
             if self.follow_occluded:
                 hidden = (torch.sigmoid(vis[-1, ..., 1]) <= 0.5).cpu() & (
                     window.query_frames.cpu() < start + offset)
                 if bool(hidden.any()):
-                    logits = inverse_sigmoid(self._to_model(moved)).to(
-                        device=position.device, dtype=position.dtype)
-                    position, apu = _placed(position, apu, hidden.to(position.device), logits)
+                    position, apu = _placed(position, apu, hidden.to(position.device),
+                                            flow_logits)
             out = out.to(vis.device)[None, ..., None]  # [1, B, N, 1]
             vis[..., 1:2] = torch.where(out, torch.full_like(vis[..., 1:2], OCCLUDED_LOGIT),
                                         vis[..., 1:2])
@@ -403,7 +403,6 @@ class FlowPriorSession(HookSession):
         self.flow.forget(keep_from)
         for frame in [f for f in self.consistency if f < keep_from]:
             del self.consistency[frame]
-            self.reliable.pop(frame, None)
         # The last freed frame's flags stay: the next new frame continues from them.
         for frame in [f for f in self.outside if f < keep_from - 1]:
             del self.outside[frame]
